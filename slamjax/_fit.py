@@ -1,0 +1,379 @@
+"""`fit_labels`: batched, jit-compiled Levenberg-Marquardt label fits with covariances.
+
+Everything per spectrum is written for ONE spectrum and vmapped over the spectra of a
+chunk; chunks of fixed size bound memory and keep one compiled shape.
+
+Two evaluation strategies give the same χ² (a test checks this):
+
+* generic: model flux and Jacobian from the emulator at every step, O(P·L) per step;
+* linear-feature emulators (``flux = θ v(z)``, e.g. The Cannon): with W fixed per
+  spectrum, χ²(z) = c − 2 u·b + uᵀAu with u = v(z)[1:], A = θ'ᵀWθ', b = θ'ᵀW(f − θ_0),
+  c = (f − θ_0)ᵀW(f − θ_0). A, b, c cost one pass over the pixels; every LM step and
+  every multi-start template after that is O(T²), independent of P. (Centring on the
+  constant column θ_0 keeps c small, which matters in float32.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._lm import levenberg_marquardt
+from ._result import FitResult, Status
+from ._spectra import SpectrumSet
+from .emulators._base import AbstractEmulator, AbstractLinearEmulator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fit_labels"]
+
+_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
+_MAX_TEMPLATES_GENERIC = 512
+
+
+def fit_labels(
+    em: AbstractEmulator,
+    flux,
+    ivar=None,
+    *,
+    init="training",
+    n_starts: int = 3,
+    prior=None,
+    box_margin: float = 0.05,
+    max_steps: int = 100,
+    tol: float | None = None,
+    chunk_size: int = 1024,
+    dtype=None,
+    progress: bool = False,
+    ids=None,
+) -> FitResult:
+    """Fit labels to spectra: MAP labels, covariances, χ² and a status per spectrum.
+
+    The objective per spectrum is χ² = Σ_p w_p (f_p − model_p)² with
+    w_p = 1 / (1/ivar_p + σ²_model,p) (``em.pixel_variance``), plus Σ_l ((x_l − μ_l)/σ_l)²
+    for an optional Gaussian prior. Pixels with ``ivar == 0``, non-finite flux or
+    infinite model variance are ignored.
+
+    Arguments:
+        em: a trained emulator (e.g. :class:`slamjax.CannonEmulator`).
+        flux: spectra [N, P] on ``em.wave`` (or a :class:`SpectrumSet`, which then
+            supplies ``ivar`` and ``ids``; its grid must equal ``em.wave``).
+        ivar: inverse variances [N, P] (``>= 0``; 0 = bad pixel).
+        init: ``"training"`` — evaluate the model at every training label vector,
+            take the ``n_starts`` lowest-objective ones as starting points, run LM
+            from each and keep the lowest final objective; or an array of starts in
+            physical units, [L], [N, L] or [N, S, L].
+        n_starts: number of starts for ``init="training"``.
+        prior: ``None``, a mapping ``{label: (mean, sigma)}``, or a pair
+            ``(mean, sigma)`` of arrays broadcastable to [N, L] (``sigma = inf`` means
+            no prior on that label). With a prior the labels are MAP estimates.
+        box_margin: labels are kept inside the training label box widened by this
+            fraction of its width on each side; a solution on that edge gets status
+            ``HIT_BOUND``.
+        max_steps: LM step limit per start (``MAX_STEPS`` status when reached).
+        tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
+            the minimum in units of the label errors); default 1e-10 (float64) or 1e-3
+            (float32).
+        chunk_size: spectra per compiled batch (bounds memory: about
+            ``chunk_size · P · 8`` bytes per array).
+        dtype: ``float32`` or ``float64`` for the computation; default: the dtype of
+            ``flux`` (float64 for integer input).
+        progress: show a progress bar over chunks (needs ``tqdm``; silently off without).
+        ids: identifiers [N] for the catalog.
+
+    Returns:
+        :class:`slamjax.FitResult`.
+
+    Raises:
+        ValueError: for shape mismatches, NaN or negative ivar, a grid that differs from
+            the emulator's, an unknown label in ``prior``, or bad ``init``.
+    """
+    if not isinstance(em, AbstractEmulator):
+        raise TypeError(f"em must be a slamjax emulator, got {type(em).__name__}")
+    if isinstance(flux, SpectrumSet):
+        ds = flux
+        if ivar is not None:
+            raise ValueError("pass either a SpectrumSet or flux and ivar, not both")
+        if ds.n_pixels != em.n_pixels or not np.allclose(ds.wave, np.asarray(em.wave), rtol=1e-9, atol=0):
+            raise ValueError(
+                f"spectra are on a different wavelength grid ({ds.n_pixels} px, "
+                f"{ds.wave[0]:.2f}-{ds.wave[-1]:.2f} Å) than the emulator ({em.n_pixels} px, "
+                f"{float(em.wave[0]):.2f}-{float(em.wave[-1]):.2f} Å); resample first"
+            )
+        flux, ivar = ds.flux, ds.ivar
+        ids = ds.ids if ids is None else ids
+    if ivar is None:
+        raise ValueError("ivar is required (use ivar = 0 for bad pixels)")
+    flux = np.asarray(flux)
+    ivar = np.asarray(ivar)
+    if flux.ndim == 1:
+        flux, ivar = flux[None], ivar.reshape(1, -1)
+    if flux.ndim != 2 or flux.shape[1] != em.n_pixels:
+        raise ValueError(f"flux must be [N, P={em.n_pixels}], got shape {flux.shape}")
+    if ivar.shape != flux.shape:
+        raise ValueError(f"ivar shape {ivar.shape} does not match flux shape {flux.shape}")
+    if flux.shape[0] == 0:
+        raise ValueError("no spectra to fit")
+    if np.any(np.isnan(ivar)):
+        raise ValueError("ivar contains NaN (use ivar = 0 for bad pixels)")
+    if np.any(ivar < 0):
+        raise ValueError("ivar contains negative values")
+    n_nonfinite = int(np.sum(~np.isfinite(flux) & (ivar > 0)))
+    if n_nonfinite:
+        logger.warning("fit_labels: %d non-finite flux values with ivar > 0 are ignored", n_nonfinite)
+
+    if dtype is None:
+        dtype = flux.dtype if flux.dtype in (np.float32, np.float64) else np.float64
+    dtype = np.dtype(dtype)
+    if dtype not in _TOL:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    tol = _TOL[dtype] if tol is None else float(tol)
+    n, n_lab = flux.shape[0], em.n_labels
+    if ids is None:
+        ids = np.arange(n).astype(str)
+    ids = np.asarray(ids)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+
+    space = em.space
+    mean, scale = np.asarray(space.mean), np.asarray(space.scale)
+    width = np.asarray(space.hi) - np.asarray(space.lo)
+    lo_z = (np.asarray(space.lo) - box_margin * width - mean) / scale
+    hi_z = (np.asarray(space.hi) + box_margin * width - mean) / scale
+
+    prior_m, prior_p = _prior_arrays(prior, em.label_names, n, mean, scale)
+
+    if isinstance(init, str):
+        if init != "training":
+            raise ValueError(f"unknown init {init!r}; use 'training' or an array of labels")
+        if n_starts < 1:
+            raise ValueError("n_starts must be >= 1")
+        starts = None
+        templates = np.asarray(space.train)
+        if not isinstance(em, AbstractLinearEmulator) and templates.shape[0] > _MAX_TEMPLATES_GENERIC:
+            pick = np.random.default_rng(0).choice(templates.shape[0], _MAX_TEMPLATES_GENERIC, replace=False)
+            templates = templates[np.sort(pick)]
+        n_starts = min(n_starts, templates.shape[0])
+        templates_z = (templates - mean) / scale
+    else:
+        starts = np.asarray(init, dtype=np.float64)
+        if starts.ndim == 1:
+            starts = np.broadcast_to(starts, (n, n_lab))
+        if starts.ndim == 2:
+            starts = starts[:, None, :]
+        if starts.shape[0] != n or starts.shape[2] != n_lab or starts.ndim != 3:
+            raise ValueError(f"init array must be [L], [N, L] or [N, S, L] with N={n}, L={n_lab}; got {np.shape(init)}")
+        if not np.all(np.isfinite(starts)):
+            raise ValueError("init contains non-finite labels")
+        starts = (starts - mean) / scale
+        templates_z = None
+
+    em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, em)
+    chunk = int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(n))))))
+    out = []
+    bar = _progress(range(0, n, chunk), progress, total=-(-n // chunk))
+    for i0 in bar:
+        i1 = min(i0 + chunk, n)
+        pad = chunk - (i1 - i0)
+        f = _pad(flux[i0:i1], pad, 1.0).astype(dtype)
+        iv = _pad(ivar[i0:i1], pad, 0.0).astype(dtype)
+        args = dict(
+            flux=f,
+            ivar=iv,
+            prior_m=_pad(prior_m[i0:i1], pad, 0.0).astype(dtype),
+            prior_p=_pad(prior_p[i0:i1], pad, 0.0).astype(dtype),
+            lo=lo_z.astype(dtype),
+            hi=hi_z.astype(dtype),
+        )
+        if starts is None:
+            args["templates"] = templates_z.astype(dtype)
+        else:
+            args["starts"] = _pad(starts[i0:i1], pad, 0.0).astype(dtype)
+        res = _fit_chunk(em_c, args, n_starts=n_starts, max_steps=max_steps, tol=tol)
+        out.append({k: np.asarray(v)[: i1 - i0] for k, v in res.items()})
+    cat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+    z = cat["z"].astype(np.float64)
+    labels = z * scale + mean
+    cov = cat["cov_z"].astype(np.float64) * scale[:, None] * scale[None, :]
+    status = cat["status"].astype(np.int32)
+    bad = status == Status.BAD_INPUT
+    labels[bad] = np.nan
+    cov[bad] = np.nan
+    return FitResult(
+        labels=labels,
+        cov=cov,
+        chi2=np.where(bad, np.nan, cat["chi2"].astype(np.float64)),
+        n_pixels=cat["n_pixels"].astype(np.int32),
+        n_steps=cat["n_steps"].astype(np.int32),
+        status=status,
+        snr=cat["snr"].astype(np.float64),
+        model_flux=cat["model"],
+        ids=ids,
+        label_names=em.label_names,
+    )
+
+
+def _pad(a, pad, value):
+    if pad == 0:
+        return np.asarray(a)
+    widths = [(0, pad)] + [(0, 0)] * (np.ndim(a) - 1)
+    return np.pad(np.asarray(a), widths, constant_values=value)
+
+
+def _progress(iterable, enabled, total):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, unit="chunk", desc="fit_labels")
+
+
+def _prior_arrays(prior, names, n, mean, scale):
+    """Prior mean and precision in standardised units, [N, L] each (precision 0 = none)."""
+    n_lab = len(names)
+    mu = np.zeros((n, n_lab))
+    sig = np.full((n, n_lab), np.inf)
+    if prior is None:
+        pass
+    elif isinstance(prior, Mapping):
+        for name, (m, s) in prior.items():
+            if name not in names:
+                raise ValueError(f"prior on unknown label {name!r}; labels are {list(names)}")
+            j = names.index(name)
+            mu[:, j] = m
+            sig[:, j] = s
+    else:
+        m, s = prior
+        mu = np.broadcast_to(np.asarray(m, dtype=np.float64), (n, n_lab)).copy()
+        sig = np.broadcast_to(np.asarray(s, dtype=np.float64), (n, n_lab)).copy()
+    if np.any(~(sig > 0)):
+        raise ValueError("prior sigmas must be > 0 (use inf for no prior)")
+    has = np.isfinite(sig)
+    if np.any(has & ~np.isfinite(mu)):
+        raise ValueError("prior means must be finite where a prior sigma is given")
+    prec = np.where(has, (scale / np.where(has, sig, 1.0)) ** 2, 0.0)
+    mz = np.where(has, (mu - mean) / scale, 0.0)
+    return mz, prec
+
+
+# ------------------------------------------------------------------ compiled core
+@eqx.filter_jit
+def _fit_chunk(em, args, *, n_starts, max_steps, tol):
+    flux, ivar = args["flux"], args["ivar"]
+    s2 = em.pixel_variance
+    good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
+    w = jnp.where(good, ivar / (1.0 + jnp.where(good, ivar * s2[None, :], 0.0)), 0.0)
+    f = jnp.where(good, flux, 0.0)
+    n_pix = jnp.sum(good, axis=1)
+    snr = jnp.nanmedian(jnp.where(good, jnp.abs(f) * jnp.sqrt(ivar), jnp.nan), axis=1)
+    space = em.space
+    lo, hi = args["lo"], args["hi"]
+    pm, pp = args["prior_m"], args["prior_p"]
+
+    if isinstance(em, AbstractLinearEmulator):
+        theta0, theta = em.design[:, 0], em.design[:, 1:]
+        fc = f - theta0[None, :]
+        n_t = theta.shape[1]
+        iu, ju = np.triu_indices(n_t)
+        a_tri = w @ (theta[:, iu] * theta[:, ju])  # [B, T'(T'+1)/2]
+        a = jnp.zeros((w.shape[0], n_t, n_t), w.dtype).at[:, iu, ju].set(a_tri).at[:, ju, iu].set(a_tri)
+        b = (w * fc) @ theta
+        c = jnp.sum(w * fc * fc, axis=1)
+        data = (a, b, c)
+
+        def make_normal(data, m, p):
+            a, b, c = data
+
+            def u_of(z):
+                return em.features(z)[1:]
+
+            def normal(z):
+                u = u_of(z)
+                du = jax.jacfwd(u_of)(z)
+                au = a @ u
+                obj = c - 2.0 * u @ b + u @ au + jnp.sum(p * (z - m) ** 2)
+                g = du.T @ (au - b) + p * (z - m)
+                h = du.T @ a @ du + jnp.diag(p)
+                return obj, g, h
+
+            return normal
+    else:
+        data = (f, w)
+
+        def make_normal(data, m, p):
+            f, w = data
+
+            def normal(z):
+                model, jac = em.flux_and_jacobian(space.physical(z))
+                jz = jac * space.scale[None, :]
+                r = f - model
+                obj = jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
+                g = -jz.T @ (w * r) + p * (z - m)
+                h = jz.T @ (w[:, None] * jz) + jnp.diag(p)
+                return obj, g, h
+
+            return normal
+
+    if "starts" in args:
+        starts = args["starts"]
+    else:
+        templates = args["templates"]
+        if isinstance(em, AbstractLinearEmulator):
+
+            def template_obj(data, m, p):
+                normal = make_normal(data, m, p)
+                return jax.vmap(lambda z: normal(z)[0])(templates)
+
+            obj_t = jax.vmap(template_obj)(data, pm, pp)
+        else:
+            flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P]
+            obj_t = (
+                jnp.sum(w * f * f, axis=1)[:, None]
+                - 2.0 * (w * f) @ flux_t.T
+                + w @ (flux_t * flux_t).T
+                + jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
+            )
+        obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
+        _, idx = jax.lax.top_k(-obj_t, n_starts)
+        starts = templates[idx]  # [B, S, L]
+
+    def fit_one(data, m, p, starts_1):
+        normal = make_normal(data, m, p)
+
+        def run(z0):
+            return levenberg_marquardt(normal, z0, lo, hi, max_steps=max_steps, tol=tol)
+
+        z, obj, h, k, conv, _ = jax.vmap(run)(starts_1)
+        obj = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
+        best = jnp.argmin(obj)
+        z, h, k, conv = z[best], h[best], k[best], conv[best]
+        _, _, h = normal(z)
+        return z, h, k, conv
+
+    z, h, k, conv = jax.vmap(fit_one)(data, pm, pp, starts)
+    cov_z = jnp.linalg.inv(h)
+    model = jax.vmap(lambda zz: em(space.physical(zz)))(z)
+    chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
+
+    n_lab = z.shape[1]
+    tiny = 1e-6 * (hi - lo)
+    at_bound = jnp.any((z <= lo + tiny) | (z >= hi - tiny), axis=1)
+    finite = (
+        jnp.all(jnp.isfinite(z), axis=1)
+        & jnp.isfinite(chi2)
+        & jnp.all(jnp.isfinite(cov_z), axis=(1, 2))
+        & jnp.all(jnp.diagonal(cov_z, axis1=1, axis2=2) > 0, axis=1)
+    )
+    status = jnp.where(conv, int(Status.CONVERGED), int(Status.MAX_STEPS))
+    status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
+    status = jnp.where(finite, status, int(Status.NON_FINITE))
+    status = jnp.where(n_pix < n_lab + 1, int(Status.BAD_INPUT), status)
+    return dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, snr=snr, model=model)

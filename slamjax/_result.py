@@ -1,0 +1,150 @@
+"""`FitResult`, status codes, and the FITS catalog."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+
+from ._version import __version__
+
+__all__ = ["FitResult", "Status"]
+
+
+class Status(enum.IntEnum):
+    """Per-spectrum outcome of :func:`slamjax.fit_labels` (the ``status`` column).
+
+    CONVERGED (0): the Gauss-Newton decrement (predicted χ² decrease, i.e. the squared
+        distance to the minimum in units of the label errors) fell below tolerance.
+    MAX_STEPS (1): the step limit was reached first; labels are the best point found.
+    HIT_BOUND (2): the best point lies on the edge of the allowed label box (training
+        box widened by ``box_margin``); the true optimum is probably outside it.
+    BAD_INPUT (3): fewer than L + 1 usable pixels (all masked, NaN flux ...); labels NaN.
+    NON_FINITE (4): the fit produced non-finite labels, χ² or covariance.
+    """
+
+    CONVERGED = 0
+    MAX_STEPS = 1
+    HIT_BOUND = 2
+    BAD_INPUT = 3
+    NON_FINITE = 4
+
+
+class FitResult(eqx.Module):
+    """Labels fitted to N spectra (numpy arrays; labels in physical units).
+
+    Attributes:
+        labels: best-fit (MAP if a prior was given) labels [N, L].
+        cov: covariance [N, L, L] = (JᵀWJ + prior precision)⁻¹ at the solution.
+        chi2: data χ² [N] = Σ w (f - model)², w = 1/(σ_obs² + σ_model²) (prior excluded).
+        n_pixels: pixels used [N] (ivar > 0, finite flux, finite model variance).
+        n_steps: Levenberg-Marquardt steps of the selected start [N].
+        status: :class:`Status` codes [N].
+        snr: median per-pixel S/N of the input over used pixels [N].
+        model_flux: best-fit model [N, P] (None when read back from a catalog).
+        ids: identifiers [N].
+        label_names: the L label names.
+    """
+
+    labels: np.ndarray
+    cov: np.ndarray
+    chi2: np.ndarray
+    n_pixels: np.ndarray
+    n_steps: np.ndarray
+    status: np.ndarray
+    snr: np.ndarray
+    model_flux: np.ndarray | None
+    ids: np.ndarray
+    label_names: tuple[str, ...] = eqx.field(static=True)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def labels_err(self) -> np.ndarray:
+        """Formal 1σ errors [N, L]: sqrt of the covariance diagonal."""
+        return np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2))
+
+    @property
+    def rchi2(self) -> np.ndarray:
+        """Reduced χ² [N] = χ² / (n_pixels - L) (NaN where n_pixels <= L)."""
+        dof = self.n_pixels.astype(np.float64) - len(self.label_names)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(dof > 0, self.chi2 / dof, np.nan)
+
+    @property
+    def converged(self) -> np.ndarray:
+        return self.status == Status.CONVERGED
+
+    def summary(self) -> dict[str, int]:
+        """Counts per status name."""
+        return {s.name: int(np.sum(self.status == s)) for s in Status}
+
+    def to_table(self, ids=None, snr=None, *, model_flux: bool = False):
+        """The catalog as an :class:`astropy.table.Table`.
+
+        Columns: ``id``; per label ``<name>`` and ``<name>_err`` (physical units: Teff
+        in K); ``cov`` [L, L]; ``chi2``, ``rchi2``, ``n_pixels``, ``n_steps``, ``snr``,
+        ``status`` (see :class:`Status`; the legend is in the table meta). ``ids``/``snr``
+        override the stored ones; ``model_flux=True`` adds a ``model_flux`` column.
+        """
+        from astropy.table import Table
+
+        n = len(self)
+        ids = self.ids if ids is None else np.asarray(ids)
+        snr = self.snr if snr is None else np.asarray(snr, dtype=np.float64)
+        if ids.shape != (n,) or snr.shape != (n,):
+            raise ValueError(f"ids and snr must have shape ({n},)")
+        tab = Table()
+        tab["id"] = np.asarray(ids).astype(str)
+        err = self.labels_err
+        for j, name in enumerate(self.label_names):
+            tab[name] = self.labels[:, j]
+            tab[f"{name}_err"] = err[:, j]
+        tab["cov"] = self.cov
+        tab["chi2"] = self.chi2
+        tab["rchi2"] = self.rchi2
+        tab["n_pixels"] = self.n_pixels
+        tab["n_steps"] = self.n_steps
+        tab["snr"] = snr
+        tab["status"] = self.status.astype(np.int16)
+        if model_flux:
+            if self.model_flux is None:
+                raise ValueError("this result holds no model flux")
+            tab["model_flux"] = self.model_flux
+        tab.meta["LABELS"] = ",".join(self.label_names)
+        tab.meta["SLAMJAX"] = __version__
+        for s in Status:
+            tab.meta[f"STATUS{int(s)}"] = s.name
+        return tab
+
+    def write(self, path, *, overwrite: bool = False, model_flux: bool = False) -> Path:
+        """Write the catalog (see :meth:`to_table`) to a FITS (or any astropy) file."""
+        path = Path(path)
+        self.to_table(model_flux=model_flux).write(path, overwrite=overwrite)
+        return path
+
+    @classmethod
+    def read(cls, path) -> FitResult:
+        """Read a catalog written by :meth:`write` back into a FitResult."""
+        from astropy.table import Table
+
+        tab = Table.read(path)
+        if "LABELS" not in tab.meta:
+            raise ValueError(f"{path} is not a slamjax catalog (no LABELS keyword)")
+        names = tuple(tab.meta["LABELS"].split(","))
+        labels = np.stack([np.asarray(tab[name], dtype=np.float64) for name in names], axis=1)
+        return cls(
+            labels=labels,
+            cov=np.asarray(tab["cov"], dtype=np.float64).reshape(len(tab), len(names), len(names)),
+            chi2=np.asarray(tab["chi2"], dtype=np.float64),
+            n_pixels=np.asarray(tab["n_pixels"]),
+            n_steps=np.asarray(tab["n_steps"]),
+            status=np.asarray(tab["status"]).astype(np.int32),
+            snr=np.asarray(tab["snr"], dtype=np.float64),
+            model_flux=np.asarray(tab["model_flux"]) if "model_flux" in tab.colnames else None,
+            ids=np.asarray(tab["id"]).astype(str),
+            label_names=names,
+        )

@@ -1,0 +1,260 @@
+"""Emulator interface, label standardisation and the versioned model-file format."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._version import __version__
+
+__all__ = ["AbstractEmulator", "AbstractLinearEmulator", "LabelSpace", "load_emulator"]
+
+FORMAT_NAME = "slamjax-emulator"
+FORMAT_VERSION = 1
+
+
+class LabelSpace(eqx.Module):
+    """Label names, the standardisation used internally, and the training label box.
+
+    ``z = (labels - mean) / scale`` is what emulators see; ``lo``/``hi`` are the
+    per-label minimum and maximum of the training labels (physical units) and
+    ``train`` the training labels themselves (used for multi-start initial guesses).
+    """
+
+    names: tuple[str, ...] = eqx.field(static=True)
+    mean: Float[Array, " L"]
+    scale: Float[Array, " L"]
+    lo: Float[Array, " L"]
+    hi: Float[Array, " L"]
+    train: Float[Array, "K L"]
+
+    @classmethod
+    def from_labels(cls, labels, names) -> LabelSpace:
+        labels = np.asarray(labels, dtype=np.float64)
+        scale = labels.std(axis=0)
+        flat = [n for n, s in zip(names, scale) if not s > 0]
+        if flat:
+            raise ValueError(f"training labels {flat} are constant; they cannot be learned")
+        return cls(
+            names=tuple(names),
+            mean=jnp.asarray(labels.mean(axis=0)),
+            scale=jnp.asarray(scale),
+            lo=jnp.asarray(labels.min(axis=0)),
+            hi=jnp.asarray(labels.max(axis=0)),
+            train=jnp.asarray(labels),
+        )
+
+    def standardise(self, labels):
+        return (labels - self.mean) / self.scale
+
+    def physical(self, z):
+        return z * self.scale + self.mean
+
+
+class AbstractEmulator(eqx.Module):
+    """A map from ONE label vector (physical units) to ONE normalised spectrum [P].
+
+    Concrete emulators carry a :class:`LabelSpace` (``space``), the wavelength grid
+    ``wave`` [P] and ``pixel_variance`` [P], the per-pixel model variance in flux²
+    units that :func:`slamjax.fit_labels` adds to the observational variance
+    (``inf`` marks a pixel the model cannot predict; it then gets zero weight).
+    """
+
+    space: eqx.AbstractVar[LabelSpace]
+    wave: eqx.AbstractVar[Float[Array, " P"]]
+    pixel_variance: eqx.AbstractVar[Float[Array, " P"]]
+
+    @abc.abstractmethod
+    def __call__(self, labels: Float[Array, " L"]) -> Float[Array, " P"]:
+        """Model flux [P] at ``labels`` [L] in physical units."""
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.space.names
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.space.names)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.wave.shape[0]
+
+    def flux_and_jacobian(self, labels):
+        """Model flux [P] and its Jacobian d flux / d labels [P, L] (physical units)."""
+        return self(labels), jax.jacfwd(self)(labels)
+
+    def predict(self, labels) -> np.ndarray:
+        """Model fluxes [N, P] for labels [N, L] (physical units); a numpy array."""
+        labels = jnp.asarray(np.atleast_2d(np.asarray(labels, dtype=np.float64)))
+        if labels.shape[1] != self.n_labels:
+            raise ValueError(f"labels must be [N, {self.n_labels}] ({self.label_names}), got {labels.shape}")
+        return np.asarray(_predict(self, labels))
+
+    def save(self, path) -> Path:
+        """Write the emulator to ``path`` (an ``.npz`` with a JSON header; no pickle)."""
+        return _save(self, path)
+
+
+class AbstractLinearEmulator(AbstractEmulator):
+    """An emulator linear in a small feature vector: ``flux = design @ features(z)``.
+
+    ``z`` are the standardised labels and ``features(z)[0] == 1`` for all ``z``. Fitting
+    such a model reduces, per spectrum, to a quadratic form in the features, which
+    :func:`slamjax.fit_labels` exploits (cost per LM step independent of P).
+    """
+
+    design: eqx.AbstractVar[Float[Array, "P T"]]
+
+    @abc.abstractmethod
+    def features(self, z: Float[Array, " L"]) -> Float[Array, " T"]:
+        """Feature vector [T] of standardised labels ``z`` [L]; ``features(z)[0] == 1``."""
+
+    def __call__(self, labels):
+        return self.design @ self.features(self.space.standardise(labels))
+
+
+@eqx.filter_jit
+def _predict(em, labels):
+    return jax.vmap(em)(labels)
+
+
+# ---------------------------------------------------------------------- model files
+_REGISTRY: dict[str, type] = {}
+
+
+def register(cls):
+    """Class decorator: make a concrete emulator loadable by :func:`load_emulator`."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def _split_fields(module: eqx.Module, prefix: str = ""):
+    """Flatten a (nested) Module into JSON-able static fields and named arrays."""
+    static, arrays = {}, {}
+    for f in dataclasses.fields(module):
+        value = getattr(module, f.name)
+        key = prefix + f.name
+        if isinstance(value, eqx.Module):
+            s, a = _split_fields(value, key + ".")
+            static.update(s)
+            arrays.update(a)
+        elif isinstance(value, (jax.Array, np.ndarray)):
+            arrays[key] = np.asarray(value)
+        elif isinstance(value, tuple):
+            static[key] = list(value)
+        else:
+            static[key] = value
+    return static, arrays
+
+
+def _save(em: AbstractEmulator, path) -> Path:
+    cls = type(em)
+    if cls.__name__ not in _REGISTRY:
+        raise TypeError(f"{cls.__name__} is not a registered emulator and cannot be saved")
+    static, arrays = _split_fields(em)
+    space = em.space
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "slamjax_version": __version__,
+        "emulator": cls.__name__,
+        "label_names": list(space.names),
+        "label_scaling": {
+            "mean": np.asarray(space.mean).tolist(),
+            "scale": np.asarray(space.scale).tolist(),
+            "train_min": np.asarray(space.lo).tolist(),
+            "train_max": np.asarray(space.hi).tolist(),
+        },
+        "wave": {
+            "n_pixels": int(em.wave.shape[0]),
+            "min": float(em.wave[0]),
+            "max": float(em.wave[-1]),
+            "unit": "Angstrom",
+        },
+        "static": static,
+        "arrays": sorted(arrays),
+    }
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, __header__=np.array(json.dumps(header)), **arrays)
+    return path
+
+
+def read_header(path) -> dict:
+    """The JSON header of a slamjax model file (raises ValueError if it is not one)."""
+    with _open_model(path) as data:
+        return json.loads(str(data["__header__"]))
+
+
+def _open_model(path):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy raises several types for non-npz input
+        raise ValueError(f"{path} is not a slamjax model file (not an npz archive: {err})") from err
+    if not hasattr(data, "files") or "__header__" not in data.files:
+        raise ValueError(f"{path} is not a slamjax model file (no '__header__' entry)")
+    return data
+
+
+def load_emulator(path) -> AbstractEmulator:
+    """Load an emulator written by ``em.save(path)``.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a slamjax model file, was written by a newer format
+            version, or names an unknown emulator class.
+    """
+    with _open_model(path) as data:
+        header = json.loads(str(data["__header__"]))
+        if header.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path}: unknown model format {header.get('format')!r}")
+        if int(header.get("format_version", -1)) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: model format version {header['format_version']} is newer than this "
+                f"slamjax ({__version__}) supports ({FORMAT_VERSION}); upgrade slamjax"
+            )
+        name = header.get("emulator")
+        if name not in _REGISTRY:
+            raise ValueError(f"{path}: unknown emulator class {name!r}; known: {sorted(_REGISTRY)}")
+        arrays = {k: np.asarray(data[k]) for k in header["arrays"]}
+    values = dict(header["static"])
+    values.update(arrays)
+    return _build(_REGISTRY[name], values)
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if key in values:
+            v = values[key]
+            if isinstance(v, np.ndarray):
+                v = jnp.asarray(v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            kwargs[f.name] = v
+        else:
+            sub = _field_type(cls, f.name)
+            kwargs[f.name] = _build(sub, values, key + ".")
+    return cls(**kwargs)
+
+
+def _field_type(cls, name):
+    # Nested modules in model files are LabelSpace only; keep the format explicit.
+    if name == "space":
+        return LabelSpace
+    raise ValueError(f"model file lacks field {name!r} of {cls.__name__}")
