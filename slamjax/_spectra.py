@@ -205,13 +205,17 @@ class SpectrumSet:
 
 def snr_of(flux, ivar) -> np.ndarray:
     """Median S/N per spectrum over pixels with ``ivar > 0`` (NaN where none)."""
-    flux = np.asarray(flux, dtype=np.float64)
-    ivar = np.asarray(ivar, dtype=np.float64)
-    s = np.where(ivar > 0, np.abs(flux) * np.sqrt(ivar), np.nan)
+    flux = np.asarray(flux)
+    ivar = np.asarray(ivar)
+    good = (ivar > 0) & np.isfinite(flux)
+    s = np.abs(np.where(good, flux, 0.0)) * np.sqrt(np.where(good, ivar, 0.0))
     out = np.full(flux.shape[0], np.nan)
-    ok = np.any(ivar > 0, axis=1)
-    if np.any(ok):
-        out[ok] = np.nanmedian(s[ok], axis=1)
+    full = good.all(axis=1)
+    if full.any():  # fast path: partition-based median, no NaN handling needed
+        out[full] = np.median(s[full], axis=1)
+    part = ~full & good.any(axis=1)
+    if part.any():
+        out[part] = np.nanmedian(np.where(good[part], s[part], np.nan), axis=1)
     return out
 
 
