@@ -343,12 +343,7 @@ def _fit_chunk(em, args, *, n_starts, max_steps, tol):
             obj_t = c[:, None] - 2.0 * b @ u_t.T + a.reshape(a.shape[0], -1) @ uu_t.T + prior_t
         else:
             flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P]
-            obj_t = (
-                jnp.sum(w * f * f, axis=1)[:, None]
-                - 2.0 * (w * f) @ flux_t.T
-                + w @ (flux_t * flux_t).T
-                + prior_t
-            )
+            obj_t = jnp.sum(w * f * f, axis=1)[:, None] - 2.0 * (w * f) @ flux_t.T + w @ (flux_t * flux_t).T + prior_t
         obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
         _, idx = jax.lax.top_k(-obj_t, n_starts)
         starts = templates[idx]  # [B, S, L]
@@ -385,4 +380,3 @@ def _fit_chunk(em, args, *, n_starts, max_steps, tol):
     status = jnp.where(finite, status, int(Status.NON_FINITE))
     status = jnp.where(n_pix < n_lab + 1, int(Status.BAD_INPUT), status)
     return dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, model=model)
-

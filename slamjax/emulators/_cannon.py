@@ -117,8 +117,12 @@ class CannonEmulator(AbstractLinearEmulator):
             raise ValueError(f"{ds.n_spectra} training spectra for {n_terms} coefficients per pixel; need more stars")
         space = LabelSpace.from_labels(labels, names)
         proto = cls(
-            space=space, wave=jnp.asarray(ds.wave), design=jnp.zeros((ds.n_pixels, n_terms)),
-            pixel_variance=jnp.zeros(ds.n_pixels), terms=terms, order=order,
+            space=space,
+            wave=jnp.asarray(ds.wave),
+            design=jnp.zeros((ds.n_pixels, n_terms)),
+            pixel_variance=jnp.zeros(ds.n_pixels),
+            terms=terms,
+            order=order,
         )
         z = space.standardise(jnp.asarray(labels))
         v = jax.vmap(proto.features)(z)  # [N, T]
@@ -129,14 +133,21 @@ class CannonEmulator(AbstractLinearEmulator):
         n_good = (ds.ivar > 0).sum(axis=0)
         unusable = n_good <= n_terms
         if unusable.any():
-            logger.warning("CannonEmulator: %d pixels have <= %d good training pixels; given zero weight",
-                           int(unusable.sum()), n_terms)
+            logger.warning(
+                "CannonEmulator: %d pixels have <= %d good training pixels; given zero weight",
+                int(unusable.sum()),
+                n_terms,
+            )
             theta[unusable] = 0.0
             theta[unusable, 0] = 1.0
             s2[unusable] = np.inf
         return cls(
-            space=space, wave=jnp.asarray(ds.wave), design=jnp.asarray(theta),
-            pixel_variance=jnp.asarray(s2), terms=terms, order=order,
+            space=space,
+            wave=jnp.asarray(ds.wave),
+            design=jnp.asarray(theta),
+            pixel_variance=jnp.asarray(s2),
+            terms=terms,
+            order=order,
         )
 
 
