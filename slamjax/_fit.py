@@ -368,7 +368,7 @@ def _fit_chunk(em, args, *, n_starts, max_steps, tol):
 
     n_lab = z.shape[1]
     tiny = 1e-6 * (hi - lo)
-    at_bound = jnp.any((z <= lo + tiny) | (z >= hi - tiny), axis=1)
+    at_bound = jnp.any((z <= (lo + tiny)[None, :]) | (z >= (hi - tiny)[None, :]), axis=1)
     finite = (
         jnp.all(jnp.isfinite(z), axis=1)
         & jnp.isfinite(chi2)

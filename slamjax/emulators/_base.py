@@ -40,7 +40,7 @@ class LabelSpace(eqx.Module):
     def from_labels(cls, labels, names) -> LabelSpace:
         labels = np.asarray(labels, dtype=np.float64)
         scale = labels.std(axis=0)
-        flat = [n for n, s in zip(names, scale) if not s > 0]
+        flat = [n for n, s, m in zip(names, scale, labels.mean(axis=0)) if not s > 1e-12 * max(abs(m), 1.0)]
         if flat:
             raise ValueError(f"training labels {flat} are constant; they cannot be learned")
         return cls(
@@ -245,12 +245,16 @@ def _build(cls, values: dict, prefix: str = ""):
             if isinstance(v, np.ndarray):
                 v = jnp.asarray(v)
             elif isinstance(v, list):
-                v = tuple(v)
+                v = _tuplify(v)
             kwargs[f.name] = v
         else:
             sub = _field_type(cls, f.name)
             kwargs[f.name] = _build(sub, values, key + ".")
     return cls(**kwargs)
+
+
+def _tuplify(v):
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
 
 
 def _field_type(cls, name):

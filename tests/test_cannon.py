@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+
+import slamjax as sj
+from slamjax.emulators import read_header
+
+from .conftest import interior_labels, make_cannon, shared_file, simulate
+
+
+def _training_set(em, n=400, snr=100.0, seed=3):
+    labels = interior_labels(em, n, seed=seed, margin=0.0)
+    flux, ivar, _ = simulate(em, labels, snr, seed=seed)
+    return sj.SpectrumSet(np.asarray(em.wave), flux, ivar, labels=labels, label_names=em.label_names)
+
+
+def test_features_are_all_monomials(cannon):
+    assert cannon.term_names[:4] == ["1", "teff", "logg", "fe_h"]
+    assert len(cannon.term_names) == 10 and "teff*logg" in cannon.term_names and "fe_h*fe_h" in cannon.term_names
+    z = np.array([0.5, -1.0, 2.0])
+    v = np.asarray(cannon.features(z))
+    np.testing.assert_allclose(v, [1, 0.5, -1, 2, 0.25, -0.5, 1.0, 1.0, -2.0, 4.0])
+
+
+def test_train_recovers_known_model():
+    truth = make_cannon(n_pixels=120, seed=5)
+    ds = _training_set(truth)
+    em = sj.CannonEmulator.train(ds)
+    # Predictions at new labels match the generating model to well below the noise (0.01).
+    test = interior_labels(truth, 200, seed=9)
+    err = em.predict(test) - truth.predict(test)
+    assert np.median(np.abs(err)) < 0.0015
+    # No intrinsic scatter was injected: fitted s is far below the noise.
+    assert np.median(np.sqrt(np.asarray(em.pixel_variance))) < 0.002
+
+
+def test_train_recovers_intrinsic_scatter():
+    truth = make_cannon(n_pixels=100, seed=6, scatter=0.02)
+    ds = _training_set(truth, n=600)
+    em = sj.CannonEmulator.train(ds)
+    s = np.sqrt(np.asarray(em.pixel_variance))
+    # 600 stars: the ML scatter per pixel has ~3 % relative error; median within 5 %.
+    assert 0.019 < np.median(s) < 0.021
+    no_scatter = sj.CannonEmulator.train(ds, fit_scatter=False)
+    assert np.all(np.asarray(no_scatter.pixel_variance) == 0)
+
+
+def test_bad_training_pixels_get_zero_weight_and_unusable_pixels_are_flagged():
+    truth = make_cannon(n_pixels=60, seed=7)
+    ds = _training_set(truth, n=200)
+    flux, ivar = ds.flux.copy(), ds.ivar.copy()
+    flux[:100, 5] = 50.0  # garbage, but masked
+    ivar[:100, 5] = 0.0
+    ivar[:, 9] = 0.0  # no good pixel at all
+    ivar[:195, 11] = 0.0  # 5 good pixels < 10 coefficients
+    bad = sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names)
+    em = sj.CannonEmulator.train(bad)
+    ref = sj.CannonEmulator.train(ds)
+    np.testing.assert_allclose(np.asarray(em.design)[5], np.asarray(ref.design)[5], atol=0.01)
+    pv = np.asarray(em.pixel_variance)
+    assert np.isinf(pv[9]) and np.isinf(pv[11]) and np.isfinite(pv[5])
+    assert np.all(np.isfinite(np.asarray(em.design)))
+
+
+def test_train_errors(cannon):
+    ds = _training_set(cannon, n=30)
+    no_labels = sj.SpectrumSet(ds.wave, ds.flux, ds.ivar)
+    with pytest.raises(ValueError, match="no labels"):
+        sj.CannonEmulator.train(no_labels)
+    labels = ds.labels.copy()
+    labels[3, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite labels"):
+        sj.CannonEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ds.ivar, labels=labels, label_names=ds.label_names))
+    with pytest.raises(ValueError, match="need more stars"):
+        sj.CannonEmulator.train(ds[:10])
+    labels = ds.labels.copy()
+    labels[:, 2] = 0.1
+    with pytest.raises(ValueError, match="constant"):
+        sj.CannonEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ds.ivar, labels=labels, label_names=ds.label_names))
+    with pytest.raises(TypeError):
+        sj.CannonEmulator.train(ds.flux)
+
+
+def test_call_is_one_spectrum(cannon):
+    flux = cannon(np.array([5500.0, 3.0, -0.5]))
+    assert flux.shape == (cannon.n_pixels,)
+    np.testing.assert_allclose(cannon.predict([[5500.0, 3.0, -0.5]])[0], flux)
+    with pytest.raises(ValueError, match="labels must be"):
+        cannon.predict(np.zeros((2, 4)))
+
+
+def test_save_load_round_trip(tmp_path, cannon):
+    path = cannon.save(tmp_path / "model")
+    assert path.name == "model.npz"
+    back = sj.load_emulator(path)
+    assert type(back) is sj.CannonEmulator
+    assert back.label_names == cannon.label_names and back.terms == cannon.terms and back.order == 2
+    labels = interior_labels(cannon, 5)
+    np.testing.assert_array_equal(back.predict(labels), cannon.predict(labels))
+    np.testing.assert_array_equal(np.asarray(back.pixel_variance), np.asarray(cannon.pixel_variance))
+    np.testing.assert_array_equal(np.asarray(back.space.train), np.asarray(cannon.space.train))
+    header = read_header(path)
+    assert header["format"] == "slamjax-emulator" and header["format_version"] == 1
+    assert header["slamjax_version"] == sj.__version__
+    assert header["label_names"] == ["teff", "logg", "fe_h"]
+    assert header["wave"]["n_pixels"] == cannon.n_pixels
+    np.testing.assert_allclose(header["label_scaling"]["mean"], np.asarray(cannon.space.mean))
+    # no pickle anywhere: the archive loads with allow_pickle=False
+    with np.load(path, allow_pickle=False) as data:
+        assert "__header__" in data.files
+
+
+def test_load_emulator_errors(tmp_path, cannon):
+    with pytest.raises(FileNotFoundError):
+        sj.load_emulator(tmp_path / "none.npz")
+    np.savez(tmp_path / "plain.npz", a=np.ones(2))
+    with pytest.raises(ValueError, match="not a slamjax model file"):
+        sj.load_emulator(tmp_path / "plain.npz")
+    (tmp_path / "t.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a slamjax model file"):
+        sj.load_emulator(tmp_path / "t.txt")
+    path = cannon.save(tmp_path / "m.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(str(arrays.pop("__header__")))
+    header["format_version"] = 99
+    np.savez(tmp_path / "future.npz", __header__=np.array(json.dumps(header)), **arrays)
+    with pytest.raises(ValueError, match="newer"):
+        sj.load_emulator(tmp_path / "future.npz")
+
+
+def test_annieslasso_toy_real_apogee():
+    """403 real APOGEE giants, 100 pixels: the trained model reproduces the training fluxes
+    to the level of the noise plus the fitted intrinsic scatter."""
+    ds = sj.load_npz(shared_file("apogee_annieslasso_toy", "apogee_annieslasso_toy.npz"))
+    em = sj.CannonEmulator.train(ds)
+    model = em.predict(ds.labels)
+    good = ds.ivar > 0
+    r = (ds.flux - model)[good]
+    sigma = 1.0 / np.sqrt(ds.ivar[good])
+    s2 = np.broadcast_to(np.asarray(em.pixel_variance), ds.flux.shape)[good]
+    pull = r / np.sqrt(sigma**2 + s2)
+    # Measured: median |r| = 0.0068, median sigma = 0.0058, median s = 0.011, std(pull) = 1.005.
+    assert np.median(np.abs(r)) < 1.5 * np.median(sigma)
+    assert 0.95 < np.std(pull) < 1.05
+    # Heavy tails (real outliers) push the median |pull| below the Gaussian 0.674.
+    assert 0.45 < np.median(np.abs(pull)) < 0.72
+    assert np.all(np.isfinite(np.asarray(em.design)))

@@ -1,0 +1,244 @@
+import logging
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+import slamjax as sj
+from slamjax import Status
+from slamjax.emulators import AbstractEmulator, LabelSpace
+
+from .conftest import interior_labels, make_cannon, simulate
+
+
+class Wrapped(AbstractEmulator):
+    """Any emulator seen through the generic interface (forces the P-sized LM path)."""
+
+    inner: sj.CannonEmulator
+    space: LabelSpace
+    wave: jnp.ndarray
+    pixel_variance: jnp.ndarray
+
+    def __call__(self, labels):
+        return self.inner(labels)
+
+
+def assert_close_scaled(a, b, em, tol):
+    """|a - b| <= tol in units of each label's training standard deviation."""
+    d = np.abs(np.asarray(a) - np.asarray(b)) / np.asarray(em.space.scale)
+    assert np.all(d <= tol), d.max()
+
+
+def wrap(em):
+    return Wrapped(inner=em, space=em.space, wave=em.wave, pixel_variance=em.pixel_variance)
+
+
+@pytest.mark.parametrize("snr", [20, 50, 200])
+def test_pulls_are_unit_normal(snr):
+    em = make_cannon(n_pixels=400, scatter=0.005)
+    truth = interior_labels(em, 2000, seed=snr)
+    flux, ivar, _ = simulate(em, truth, snr, seed=snr + 1)
+    res = sj.fit_labels(em, flux, ivar)
+    assert np.mean(res.status == Status.CONVERGED) > 0.99
+    pull = (res.labels - truth) / res.labels_err
+    assert np.all(np.abs(pull.mean(axis=0)) < 0.1), pull.mean(axis=0)
+    std = pull.std(axis=0)
+    assert np.all((std > 0.9) & (std < 1.1)), std
+    # χ² per degree of freedom is ~1 for a correct noise model
+    assert 0.97 < np.median(res.rchi2) < 1.03
+
+
+def _scipy_fit(em, flux, ivar, x0, prior=None):
+    s2 = np.asarray(em.pixel_variance)
+    w = np.where(ivar > 0, ivar / (1 + ivar * s2), 0.0)
+    sw = np.sqrt(w)
+
+    def resid(x):
+        r = sw * (flux - np.asarray(em(jnp.asarray(x))))
+        if prior is not None:
+            r = np.concatenate([r, (x - prior[0]) / prior[1]])
+        return r
+
+    sol = least_squares(resid, x0, x_scale=np.asarray(em.space.scale), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    chi2 = float(np.sum((sw * (flux - np.asarray(em(jnp.asarray(sol.x))))) ** 2))
+    return sol.x, chi2
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_same_minimum_as_scipy(generic):
+    em = make_cannon(n_pixels=300, scatter=0.003)
+    truth = interior_labels(em, 5, seed=11)
+    flux, ivar, _ = simulate(em, truth, 30, seed=12)
+    ivar[:, :20] = 0.0
+    res = sj.fit_labels(wrap(em) if generic else em, flux, ivar)
+    for i in range(5):
+        x, chi2 = _scipy_fit(em, flux[i], ivar[i], truth[i] * 1.02)
+        assert res.status[i] == Status.CONVERGED
+        assert abs(res.chi2[i] / chi2 - 1) < 1e-6
+        assert_close_scaled(res.labels[i], x, em, 1e-4)
+
+
+def test_map_with_prior_matches_scipy():
+    em = make_cannon(n_pixels=300)
+    truth = interior_labels(em, 3, seed=21)
+    flux, ivar, _ = simulate(em, truth, 10, seed=22)
+    mean = np.array([5200.0, 3.0, -0.5])
+    sigma = np.array([100.0, 0.2, np.inf])
+    res = sj.fit_labels(em, flux, ivar, prior=(mean, sigma))
+    big = np.where(np.isfinite(sigma), sigma, 1e12)
+    for i in range(3):
+        x, _ = _scipy_fit(em, flux[i], ivar[i], truth[i], prior=(mean, big))
+        assert_close_scaled(res.labels[i], x, em, 1e-4)
+    # the prior shrinks the covariance below the likelihood-only one
+    free = sj.fit_labels(em, flux, ivar)
+    assert np.all(res.labels_err[:, 0] < free.labels_err[:, 0])
+    # a mapping prior by label name is the same prior
+    res2 = sj.fit_labels(em, flux, ivar, prior={"teff": (5200.0, 100.0), "logg": (3.0, 0.2)})
+    np.testing.assert_allclose(res2.labels, res.labels, rtol=1e-10)
+    with pytest.raises(ValueError, match="unknown label"):
+        sj.fit_labels(em, flux, ivar, prior={"vsini": (1.0, 1.0)})
+    with pytest.raises(ValueError, match="sigmas must be > 0"):
+        sj.fit_labels(em, flux, ivar, prior=(mean, np.zeros(3)))
+
+
+def test_generic_and_quadratic_paths_agree():
+    em = make_cannon(n_pixels=250, scatter=0.004)
+    truth = interior_labels(em, 40, seed=31)
+    flux, ivar, _ = simulate(em, truth, 40, seed=32)
+    a = sj.fit_labels(em, flux, ivar)
+    b = sj.fit_labels(wrap(em), flux, ivar)
+    assert_close_scaled(a.labels, b.labels, em, 1e-6)
+    np.testing.assert_allclose(a.chi2, b.chi2, rtol=1e-8)
+    np.testing.assert_allclose(a.cov, b.cov, rtol=1e-6)
+    np.testing.assert_allclose(a.model_flux, b.model_flux, rtol=0, atol=1e-6)
+
+
+def test_float32_matches_float64():
+    em = make_cannon(n_pixels=400, scatter=0.005)
+    truth = interior_labels(em, 300, seed=41)
+    flux, ivar, _ = simulate(em, truth, 50, seed=42)
+    r64 = sj.fit_labels(em, flux, ivar)
+    r32 = sj.fit_labels(em, flux.astype(np.float32), ivar.astype(np.float32))
+    assert r32.model_flux.dtype == np.float32
+    assert np.mean(r32.status == Status.CONVERGED) > 0.99
+    d = (r32.labels - r64.labels) / r64.labels_err
+    assert np.max(np.abs(d)) < 0.05
+    np.testing.assert_allclose(r32.labels_err, r64.labels_err, rtol=1e-3)
+
+
+def test_bad_spectra_get_status_and_do_not_affect_others(cannon, caplog):
+    truth = interior_labels(cannon, 6, seed=51)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=52)
+    alone = sj.fit_labels(cannon, flux[[0, 3, 5]], ivar[[0, 3, 5]])
+    flux, ivar = flux.copy(), ivar.copy()
+    ivar[1] = 0.0  # all masked
+    ivar[2, 3:] = 0.0  # 3 good pixels < L + 1
+    flux[4, :] = np.nan  # all NaN flux with ivar > 0
+    with caplog.at_level(logging.WARNING, logger="slamjax"):
+        res = sj.fit_labels(cannon, flux, ivar)
+    assert "non-finite flux" in caplog.text
+    assert list(res.status[[1, 2, 4]]) == [Status.BAD_INPUT] * 3
+    assert np.all(np.isnan(res.labels[[1, 2, 4]])) and np.all(np.isnan(res.cov[[1, 2, 4]]))
+    assert list(res.n_pixels[[1, 2, 4]]) == [0, 3, 0]
+    np.testing.assert_allclose(res.labels[[0, 3, 5]], alone.labels, rtol=1e-12)
+    assert np.all(res.status[[0, 3, 5]] == Status.CONVERGED)
+
+
+def test_partially_masked_spectrum_ignores_masked_pixels(cannon):
+    truth = interior_labels(cannon, 1, seed=61)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=62)
+    ref = sj.fit_labels(cannon, flux, ivar)
+    flux2, ivar2 = flux.copy(), ivar.copy()
+    flux2[0, :50] = 1e6
+    ivar2[0, :50] = 0.0
+    flux[0, :50] = np.nan
+    a = sj.fit_labels(cannon, flux2, ivar2)
+    b = sj.fit_labels(cannon, np.where(np.isnan(flux), np.nan, flux), ivar2)
+    np.testing.assert_allclose(a.labels, b.labels, rtol=1e-12)
+    assert a.n_pixels[0] == cannon.n_pixels - 50
+    assert abs(a.labels[0, 0] - ref.labels[0, 0]) < 5 * ref.labels_err[0, 0]
+
+
+def test_labels_outside_training_box_hit_bound(cannon):
+    lo, hi = np.asarray(cannon.space.lo), np.asarray(cannon.space.hi)
+    outside = np.array([[hi[0] + 0.4 * (hi[0] - lo[0]), 3.0, -0.5]])
+    flux, ivar, _ = simulate(cannon, outside, 100, seed=71)
+    res = sj.fit_labels(cannon, flux, ivar, box_margin=0.05)
+    assert res.status[0] == Status.HIT_BOUND
+    assert res.labels[0, 0] == pytest.approx(hi[0] + 0.05 * (hi[0] - lo[0]), rel=1e-9)
+    wide = sj.fit_labels(cannon, flux, ivar, box_margin=1.0)
+    assert wide.status[0] == Status.CONVERGED
+    assert abs(wide.labels[0, 0] - outside[0, 0]) < 5 * wide.labels_err[0, 0]
+
+
+def test_multistart_finds_global_minimum():
+    # flux depends on z² + 0.3 z in most pixels (mirror solutions) and weakly on z in a
+    # few: a start on the wrong side converges to a worse local minimum.
+    em0 = make_cannon(n_pixels=60, names=("x",), seed=3)
+    theta = np.zeros((60, 3))
+    theta[:, 0] = 1.0
+    theta[:50, 1] = 0.03
+    theta[:50, 2] = 0.1
+    theta[50:, 1] = 0.02
+    em = eqx.tree_at(lambda e: e.design, em0, jnp.asarray(theta))
+    mean, scale = float(em.space.mean[0]), float(em.space.scale[0])
+    z_true = 1.2
+    truth = np.array([[mean + z_true * scale]])
+    flux, ivar, _ = simulate(em, truth, 1000, seed=81)
+    wrong = np.array([mean - 1.5 * scale])
+    single = sj.fit_labels(em, flux, ivar, init=wrong)
+    multi = sj.fit_labels(em, flux, ivar, init="training", n_starts=3)
+    assert single.chi2[0] > multi.chi2[0] + 100
+    assert abs((multi.labels[0, 0] - truth[0, 0]) / multi.labels_err[0, 0]) < 5
+    assert single.labels[0, 0] < mean  # stuck on the wrong side
+
+
+def test_init_arrays_and_chunking(cannon):
+    truth = interior_labels(cannon, 9, seed=91)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=92)
+    ref = sj.fit_labels(cannon, flux, ivar)
+    for init in (truth, truth[0], np.stack([truth, truth * 1.01], axis=1)):
+        res = sj.fit_labels(cannon, flux, ivar, init=init)
+        # same minimum to within the convergence tolerance (1e-5 σ)
+        assert np.all(np.abs(res.labels - ref.labels) / ref.labels_err < 1e-3)
+    small = sj.fit_labels(cannon, flux, ivar, chunk_size=4)
+    np.testing.assert_allclose(small.labels, ref.labels, rtol=1e-10)
+    with pytest.raises(ValueError, match="init array"):
+        sj.fit_labels(cannon, flux, ivar, init=np.zeros((9, 2)))
+    with pytest.raises(ValueError, match="non-finite"):
+        sj.fit_labels(cannon, flux, ivar, init=np.full(3, np.nan))
+    with pytest.raises(ValueError, match="unknown init"):
+        sj.fit_labels(cannon, flux, ivar, init="random")
+
+
+def test_input_validation(cannon):
+    flux = np.ones((3, cannon.n_pixels))
+    ivar = np.ones_like(flux)
+    with pytest.raises(ValueError, match="flux must be"):
+        sj.fit_labels(cannon, flux[:, :-1], ivar[:, :-1])
+    with pytest.raises(ValueError, match="ivar shape"):
+        sj.fit_labels(cannon, flux, ivar[:2])
+    with pytest.raises(ValueError, match="negative"):
+        sj.fit_labels(cannon, flux, -ivar)
+    with pytest.raises(ValueError, match="NaN"):
+        sj.fit_labels(cannon, flux, ivar * np.nan)
+    with pytest.raises(ValueError, match="ivar is required"):
+        sj.fit_labels(cannon, flux)
+    with pytest.raises(TypeError, match="emulator"):
+        sj.fit_labels("cannon", flux, ivar)
+    other = sj.SpectrumSet(np.asarray(cannon.wave) + 1.0, flux, ivar)
+    with pytest.raises(ValueError, match="different wavelength grid"):
+        sj.fit_labels(cannon, other)
+    with pytest.raises(ValueError, match="dtype"):
+        sj.fit_labels(cannon, flux, ivar, dtype=np.float16)
+
+
+def test_spectrum_set_input_carries_ids(cannon):
+    truth = interior_labels(cannon, 3, seed=101)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=102)
+    ds = sj.SpectrumSet(np.asarray(cannon.wave), flux, ivar, ids=["a", "b", "c"])
+    res = sj.fit_labels(cannon, ds)
+    assert list(res.ids) == ["a", "b", "c"]
+    np.testing.assert_allclose(res.snr, ds.snr)
