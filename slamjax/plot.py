@@ -1,0 +1,128 @@
+"""Optional plots. matplotlib is imported lazily; install it with ``pip install -e ".[plot]"``.
+
+Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Figure``,
+rendered by the non-interactive Agg backend), so no display is needed and the caller's
+pyplot state and backend are left untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["label_unit", "one_to_one"]
+
+_PRETTY = {"teff": r"$T_\mathrm{eff}$", "logg": r"$\log g$", "fe_h": "[Fe/H]"}
+_INSTALL_HINT = 'install it with `pip install matplotlib` (or `pip install -e ".[plot]"` in a slamjax checkout)'
+
+
+def label_unit(name: str) -> str:
+    """Unit of a label by slamjax's conventions: ``"K"`` for Teff, ``"dex"`` for log g and abundances."""
+    low = name.lower()
+    if low in ("teff", "t_eff"):
+        return "K"
+    if low == "logg" or low.endswith(("_h", "_fe")) or low.startswith("["):
+        return "dex"
+    return ""
+
+
+def _decimals(name: str) -> int:
+    return 0 if label_unit(name) == "K" else 3
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(f"slamjax.plot needs matplotlib, which is not installed; {_INSTALL_HINT}") from err
+    return matplotlib
+
+
+def one_to_one(pred, true, label_names, path, err=None, status=None) -> Path:
+    """Fitted versus true labels, one panel per label, with the 1:1 line; saved as a PNG.
+
+    Arguments:
+        pred: fitted labels [N, L] (physical units: Teff in K).
+        true: reference labels [N, L].
+        label_names: the L label names.
+        path: output file (PNG; the format follows the extension).
+        err: optional 1σ errors of ``pred`` [N, L], drawn as error bars.
+        status: optional :class:`slamjax.Status` codes [N]; spectra whose fit did not
+            converge are marked separately.
+
+    Each panel's title gives the bias (mean of pred − true) and scatter (standard
+    deviation of pred − true) over the finite pairs.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+        ValueError: on inconsistent shapes.
+    """
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+
+    pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
+    true = np.atleast_2d(np.asarray(true, dtype=np.float64))
+    names = [str(s) for s in label_names]
+    if pred.shape != true.shape:
+        raise ValueError(f"pred shape {pred.shape} != true shape {true.shape}")
+    if len(names) != pred.shape[1]:
+        raise ValueError(f"{len(names)} label names for {pred.shape[1]} label columns")
+    if err is not None:
+        err = np.atleast_2d(np.asarray(err, dtype=np.float64))
+        if err.shape != pred.shape:
+            raise ValueError(f"err shape {err.shape} != pred shape {pred.shape}")
+    n = pred.shape[0]
+    if status is not None:
+        status = np.asarray(status).reshape(-1)
+        if status.shape != (n,):
+            raise ValueError(f"status must have shape ({n},), got {status.shape}")
+        converged = status == 0
+    else:
+        converged = np.ones(n, dtype=bool)
+
+    n_lab = len(names)
+    fig = Figure(figsize=(4.3 * n_lab, 4.5), layout="constrained")
+    axes = fig.subplots(1, n_lab, squeeze=False)[0]
+    for j, (name, ax) in enumerate(zip(names, axes)):
+        x, y = true[:, j], pred[:, j]
+        finite = np.isfinite(x) & np.isfinite(y)
+        d = (y - x)[finite]
+        unit = label_unit(name)
+        dec = _decimals(name)
+        pretty = _PRETTY.get(name, name)
+        good = finite & converged
+        flagged = finite & ~converged
+        if err is not None and good.any():
+            e = np.where(np.isfinite(err[:, j]), err[:, j], 0.0)
+            ax.errorbar(x[good], y[good], yerr=e[good], fmt="none", ecolor="0.75", elinewidth=0.6, zorder=1)
+        ax.scatter(x[good], y[good], s=9, c="C0", zorder=2, label="converged" if status is not None else None)
+        if flagged.any():
+            ax.scatter(
+                x[flagged], y[flagged], s=16, c="C3", marker="x", zorder=3, label=f"not CONVERGED ({flagged.sum()})"
+            )
+        if finite.any():
+            lo = min(x[finite].min(), y[finite].min())
+            hi = max(x[finite].max(), y[finite].max())
+            pad = 0.04 * (hi - lo) if hi > lo else 1.0
+            lim = (lo - pad, hi + pad)
+            ax.plot(lim, lim, color="k", linestyle="--", linewidth=0.8, zorder=4)
+            ax.set_xlim(lim)
+            ax.set_ylim(lim)
+        if d.size:
+            bias = f"{np.mean(d):+.{dec}f}"
+            scatter = f"{np.std(d, ddof=1):.{dec}f}" if d.size > 1 else "n/a"
+            ax.set_title(f"{pretty}: bias {bias} {unit}, scatter {scatter} {unit}".replace(" ,", ","), fontsize=10)
+        else:
+            ax.set_title(f"{pretty}: no finite fits", fontsize=10)
+        suffix = f" [{unit}]" if unit else ""
+        ax.set_xlabel(f"{pretty} reference{suffix}")
+        ax.set_ylabel(f"{pretty} fitted{suffix}")
+        if status is not None and flagged.any():
+            ax.legend(loc="upper left", fontsize=8)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

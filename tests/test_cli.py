@@ -1,0 +1,208 @@
+"""The ``slamjax`` command line (``slamjax.cli.main``): commands, outputs and error reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import sys
+from importlib import resources
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+import slamjax as sj
+from slamjax import plot
+from slamjax.cli import UsageError, main, parse_selection
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("slamjax: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def sample_file():
+    with resources.as_file(sj.data.sample_path()) as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """60 stars of the bundled sample spread over its label range, as an npz file."""
+    ds = sj.data.load_sample()
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    ds[np.linspace(0, ds.n_spectra - 1, 60).astype(int)].save_npz(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(small_data, tmp_path_factory):
+    """A Cannon model trained through the CLI on ``small_data``, and the captured stdout."""
+    model = tmp_path_factory.mktemp("model") / "model.npz"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # capsys is function-scoped
+        rc = main(["train", str(small_data), "--out", str(model), "--order", "2"])
+    return rc, model, out.getvalue()
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert sj.__version__ in capsys.readouterr().out
+
+
+def test_info_sample(sample_file, capsys):
+    assert main(["info", str(sample_file)]) == 0
+    out = capsys.readouterr().out
+    assert "434" in out and "4300" in out
+    for name in ("teff", "logg", "fe_h"):
+        assert name in out
+
+
+def test_train_info_fit(trained, small_data, tmp_path, capsys):
+    rc, model, train_out = trained
+    assert rc == 0
+    assert model.exists()
+    assert "60" in train_out and "teff, logg, fe_h" in train_out
+    assert sj.emulators.read_header(model)["emulator"] == "CannonEmulator"
+
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "CannonEmulator" in out and "teff" in out and "4300" in out
+
+    cat = tmp_path / "cat.fits"
+    assert main(["fit", str(model), str(small_data), "--out", str(cat), "--n-starts", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "CONVERGED" in out and "scatter" in out  # the data file has labels: bias/scatter printed
+    tab = Table.read(cat)
+    assert len(tab) == 60
+    assert {"teff", "teff_err", "logg", "fe_h", "status", "chi2"} <= set(tab.colnames)
+    assert np.isfinite(np.asarray(tab["teff"])).all()
+
+    # no silent overwrite; --overwrite replaces (float32 path too)
+    assert main(["fit", str(model), str(small_data), "--out", str(cat)]) == 1
+    assert "--overwrite" in _one_error_line(capsys)
+    assert main(["fit", str(model), str(small_data), "--out", str(cat), "--overwrite", "--float32"]) == 0
+    assert len(Table.read(cat)) == 60
+
+    assert main(["info", str(cat)]) == 0
+    out = capsys.readouterr().out
+    assert "60" in out and "status" in out and "CONVERGED" in out
+
+
+def test_train_select_and_labels(small_data, tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    args = ["train", str(small_data), "--out", str(model), "--order", "1", "--labels", "teff,logg"]
+    assert main([*args, "--select", "teff>4500, teff<=6500"]) == 0
+    out = capsys.readouterr().out
+    ds = sj.load_npz(small_data)
+    n_sel = int(((ds.label("teff") > 4500) & (ds.label("teff") <= 6500)).sum())
+    assert f"selected {n_sel} of 60" in out
+    header = sj.emulators.read_header(model)
+    assert header["label_names"] == ["teff", "logg"]
+    assert header["label_scaling"]["train_min"][0] > 4500
+
+    assert main([*args, "--select", "teff>9000"]) == 1  # selects nothing
+    assert "keeps none" in _one_error_line(capsys)
+    assert main([*args, "--select", "teff=5000"]) == 2  # bad syntax: a usage error
+    _one_error_line(capsys)
+
+
+def test_parse_selection():
+    assert parse_selection("teff>4000,teff<7000") == [("teff", ">", 4000.0), ("teff", "<", 7000.0)]
+    assert parse_selection(" fe_h >= -1.5e0 , logg<=4") == [("fe_h", ">=", -1.5), ("logg", "<=", 4.0)]
+    for bad in ("teff", "teff==3", "teff>x", ",", "4000<teff"):
+        with pytest.raises(UsageError):
+            parse_selection(bad)
+
+
+def test_demo_quick(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    cat = out_dir / "demo_catalog.fits"
+    assert cat.exists()
+    tab = Table.read(cat)
+    n = len(range(0, 434, 3))
+    assert len(tab) == n
+    assert {"teff", "teff_true", "logg_true", "fe_h_true", "fold", "status"} <= set(tab.colnames)
+    assert set(np.unique(tab["fold"])) == {0, 1, 2}
+    for word in ("bias", "scatter", "MAE", "CONVERGED", "spectra/s", str(cat)):
+        assert word in out
+    png = out_dir / "demo_one_to_one.png"
+    if HAVE_MPL:
+        assert png.exists() and png.stat().st_size > 0
+        assert str(png) in out
+    else:
+        assert not png.exists()
+        assert "plot skipped" in out and 'pip install -e ".[plot]"' in out
+
+
+def test_one_to_one(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(1)
+    true = np.column_stack([rng.uniform(4000, 7000, 30), rng.uniform(0, 5, 30), rng.uniform(-2, 0.5, 30)])
+    pred = true + rng.normal(0, [80, 0.2, 0.1], true.shape)
+    pred[0] = np.nan  # a failed fit is skipped, not plotted
+    status = np.zeros(30, int)
+    status[1:3] = 2
+    path = plot.one_to_one(
+        pred, true, ["teff", "logg", "fe_h"], tmp_path / "p.png", err=np.abs(pred) * 0.01, status=status
+    )
+    assert path == tmp_path / "p.png" and path.stat().st_size > 0
+    with pytest.raises(ValueError):
+        plot.one_to_one(pred, true[:, :2], ["teff", "logg"], tmp_path / "q.png")
+
+
+def test_one_to_one_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(ImportError, match="pip install"):
+        plot.one_to_one(np.zeros((2, 1)), np.zeros((2, 1)), ["teff"], tmp_path / "p.png")
+
+
+def test_missing_file(tmp_path, capsys):
+    missing = tmp_path / "nope.npz"
+    assert main(["info", str(missing)]) == 1
+    assert "nope.npz" in _one_error_line(capsys)
+    assert main(["fit", str(missing), str(missing), "--out", str(tmp_path / "c.fits")]) == 1
+    _one_error_line(capsys)
+    assert main(["train", str(missing), "--out", str(tmp_path / "m.npz")]) == 1
+    _one_error_line(capsys)
+
+
+def test_unknown_file_type(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a spectrum\n")
+    assert main(["info", str(text)]) == 1
+    assert "unrecognised file type" in _one_error_line(capsys)
+    assert main(["train", str(text), "--out", str(tmp_path / "m.npz")]) == 1
+    _one_error_line(capsys)
+    assert main(["info", str(tmp_path)]) == 1  # a directory
+    _one_error_line(capsys)
+
+
+def test_wrong_kind_of_npz(trained, small_data, tmp_path, capsys):
+    _, model, _ = trained
+    assert main(["train", str(model), "--out", str(tmp_path / "m.npz")]) == 1  # a model is not spectra
+    assert "model file" in _one_error_line(capsys)
+    assert main(["fit", str(small_data), str(small_data), "--out", str(tmp_path / "c.fits")]) == 1
+    assert "not a slamjax model file" in _one_error_line(capsys)
+    assert main(["fit", str(model), str(small_data), "--out", str(tmp_path / "c.csv")]) == 2
+    _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["bogus"], ["info"], ["demo", "--k", "1"], ["train", "x.npz"], ["fit", "m.npz", "d.npz", "--n-starts", "0"]],
+)
+def test_usage_errors(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "slamjax" in err and "error:" in err

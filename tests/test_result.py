@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from astropy.table import Table
+
+import slamjax as sj
+from slamjax import FitResult, Status
+
+from .conftest import interior_labels, simulate
+
+
+@pytest.fixture(scope="module")
+def result(cannon):
+    truth = interior_labels(cannon, 8, seed=5)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=6)
+    ivar[2] = 0.0
+    return sj.fit_labels(cannon, flux, ivar, ids=[f"star{i}" for i in range(8)])
+
+
+def test_table_columns_and_units(result):
+    tab = result.to_table()
+    for col in ("id", "teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err", "cov", "chi2", "rchi2"):
+        assert col in tab.colnames
+    assert {"n_pixels", "n_steps", "snr", "status"} <= set(tab.colnames)
+    assert len(tab) == 8 and tab["cov"].shape == (8, 3, 3)
+    np.testing.assert_allclose(tab["teff"], result.labels[:, 0])  # Teff in K
+    assert np.all(tab["teff"][tab["status"] == 0] > 3000)
+    np.testing.assert_allclose(tab["teff_err"] ** 2, result.cov[:, 0, 0])
+    assert tab["status"][2] == Status.BAD_INPUT and np.isnan(tab["teff"][2])
+    assert tab.meta["STATUS3"] == "BAD_INPUT" and tab.meta["LABELS"] == "teff,logg,fe_h"
+    assert list(tab["id"][:2]) == ["star0", "star1"]
+    dof = result.n_pixels - 3
+    np.testing.assert_allclose(tab["rchi2"][0], result.chi2[0] / dof[0])
+    with pytest.raises(ValueError, match="shape"):
+        result.to_table(ids=["a"])
+
+
+def test_fits_round_trip(tmp_path, result):
+    path = result.write(tmp_path / "cat.fits")
+    back = FitResult.read(path)
+    assert back.label_names == result.label_names
+    for name in ("labels", "cov", "chi2", "n_pixels", "n_steps", "status", "snr"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+    assert list(back.ids) == list(result.ids) and back.model_flux is None
+    tab = Table.read(path)
+    assert len(tab) == 8
+    with pytest.raises(OSError):
+        result.write(path)  # no silent overwrite
+    result.write(path, overwrite=True, model_flux=True)
+    np.testing.assert_array_equal(FitResult.read(path).model_flux, result.model_flux)
+
+
+def test_read_rejects_foreign_table(tmp_path):
+    Table({"a": [1, 2]}).write(tmp_path / "x.fits")
+    with pytest.raises(ValueError, match="not a slamjax catalog"):
+        FitResult.read(tmp_path / "x.fits")
+
+
+def test_summary_counts(result):
+    s = result.summary()
+    assert s["BAD_INPUT"] == 1 and sum(s.values()) == 8
