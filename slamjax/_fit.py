@@ -51,6 +51,7 @@ def fit_labels(
     dtype=None,
     progress: bool = False,
     ids=None,
+    return_model: bool = True,
 ) -> FitResult:
     """Fit labels to spectra: MAP labels, covariances, χ² and a status per spectrum.
 
@@ -85,6 +86,8 @@ def fit_labels(
             ``flux`` (float64 for integer input).
         progress: show a progress bar over chunks (needs ``tqdm``; silently off without).
         ids: identifiers [N] for the catalog.
+        return_model: keep the best-fit model fluxes [N, P] in the result. Set False at
+            survey scale: the output is then O(N·L²) instead of O(N·P).
 
     Returns:
         :class:`slamjax.FitResult`.
@@ -194,7 +197,7 @@ def fit_labels(
             args["templates"] = templates_z.astype(dtype)
         else:
             args["starts"] = _pad(starts[i0:i1], pad, 0.0).astype(dtype)
-        res = _fit_chunk(em_c, args, n_starts=n_starts, max_steps=max_steps, tol=tol)
+        res = _fit_chunk(em_c, args, n_starts=n_starts, max_steps=max_steps, tol=tol, return_model=return_model)
         # numpy computes the S/N median while XLA works on the chunk (async dispatch);
         # XLA's CPU sort made a sort-based median cost more than the whole fit.
         snr = snr_of(flux[i0:i1], ivar[i0:i1])
@@ -216,7 +219,7 @@ def fit_labels(
         n_steps=cat["n_steps"].astype(np.int32),
         status=status,
         snr=cat["snr"].astype(np.float64),
-        model_flux=cat["model"],
+        model_flux=cat["model"] if return_model else None,
         ids=ids,
         label_names=em.label_names,
     )
@@ -269,7 +272,7 @@ def _prior_arrays(prior, names, n, mean, scale):
 
 # ------------------------------------------------------------------ compiled core
 @eqx.filter_jit
-def _fit_chunk(em, args, *, n_starts, max_steps, tol):
+def _fit_chunk(em, args, *, n_starts, max_steps, tol, return_model=True):
     flux, ivar = args["flux"], args["ivar"]
     s2 = em.pixel_variance
     good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
@@ -379,4 +382,5 @@ def _fit_chunk(em, args, *, n_starts, max_steps, tol):
     status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
     status = jnp.where(finite, status, int(Status.NON_FINITE))
     status = jnp.where(n_pix < n_lab + 1, int(Status.BAD_INPUT), status)
-    return dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, model=model)
+    out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status)
+    return out | {"model": model} if return_model else out

@@ -93,7 +93,7 @@ def cross_validate(
         n_steps=cat("n_steps"),
         status=cat("status"),
         snr=cat("snr"),
-        model_flux=cat("model_flux"),
+        model_flux=None if parts[0][1].model_flux is None else cat("model_flux"),
         ids=ds.ids,
         label_names=parts[0][1].label_names,
     )

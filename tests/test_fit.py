@@ -205,6 +205,10 @@ def test_init_arrays_and_chunking(cannon):
         assert np.all(np.abs(res.labels - ref.labels) / ref.labels_err < 1e-3)
     small = sj.fit_labels(cannon, flux, ivar, chunk_size=4)
     np.testing.assert_allclose(small.labels, ref.labels, rtol=1e-10)
+    lean = sj.fit_labels(cannon, flux, ivar, return_model=False)
+    assert lean.model_flux is None
+    np.testing.assert_array_equal(lean.labels, ref.labels)
+    np.testing.assert_array_equal(lean.chi2, ref.chi2)
     with pytest.raises(ValueError, match="init array"):
         sj.fit_labels(cannon, flux, ivar, init=np.zeros((9, 2)))
     with pytest.raises(ValueError, match="non-finite"):
