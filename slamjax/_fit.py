@@ -183,8 +183,8 @@ def fit_labels(
     for i0 in bar:
         i1 = min(i0 + chunk, n)
         pad = chunk - (i1 - i0)
-        f = _pad(flux[i0:i1], pad, 1.0).astype(dtype)
-        iv = _pad(ivar[i0:i1], pad, 0.0).astype(dtype)
+        f = _pad(flux[i0:i1], pad, 1.0).astype(dtype, copy=False)
+        iv = _pad(ivar[i0:i1], pad, 0.0).astype(dtype, copy=False)
         args = dict(
             flux=f,
             ivar=iv,
