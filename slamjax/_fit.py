@@ -34,6 +34,7 @@ __all__ = ["fit_labels"]
 
 _TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
 _MAX_TEMPLATES_GENERIC = 512
+_FIRST_BUDGET = 10
 
 
 def fit_labels(
@@ -177,32 +178,36 @@ def fit_labels(
         templates_z = None
 
     em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, em)
-    chunk = int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(n))))))
-    out = []
-    bar = _progress(range(0, n, chunk), progress, total=-(-n // chunk))
-    for i0 in bar:
-        i1 = min(i0 + chunk, n)
-        pad = chunk - (i1 - i0)
-        f = _pad(flux[i0:i1], pad, 1.0).astype(dtype, copy=False)
-        iv = _pad(ivar[i0:i1], pad, 0.0).astype(dtype, copy=False)
-        args = dict(
-            flux=f,
-            ivar=iv,
-            prior_m=_pad(prior_m[i0:i1], pad, 0.0).astype(dtype),
-            prior_p=_pad(prior_p[i0:i1], pad, 0.0).astype(dtype),
-            lo=lo_z.astype(dtype),
-            hi=hi_z.astype(dtype),
+    common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
+    if starts is None:
+        common["templates"] = templates_z.astype(dtype)
+    settings = dict(dtype=dtype, chunk_size=chunk_size, tol=tol, return_model=return_model, progress=progress)
+    # Phase 1: every start gets a short step budget. Under vmap a while-loop runs until the
+    # slowest member of the batch stops, so the few slow fits continue in phase 2, in a batch
+    # of their own, from their best point (single start).
+    first = min(max_steps, _FIRST_BUDGET)
+    cat = _run_chunks(em_c, flux, ivar, prior_m, prior_p, starts, common, n_starts, first, settings, snr=True)
+    redo = np.flatnonzero(
+        ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
+    )
+    if max_steps > first and redo.size:
+        common2 = {k: v for k, v in common.items() if k != "templates"}
+        sub = _run_chunks(
+            em_c,
+            flux[redo],
+            ivar[redo],
+            prior_m[redo],
+            prior_p[redo],
+            cat["z"][redo][:, None, :],
+            common2,
+            1,
+            max_steps - first,
+            settings | {"progress": False},
+            snr=False,
         )
-        if starts is None:
-            args["templates"] = templates_z.astype(dtype)
-        else:
-            args["starts"] = _pad(starts[i0:i1], pad, 0.0).astype(dtype)
-        res = _fit_chunk(em_c, args, n_starts=n_starts, max_steps=max_steps, tol=tol, return_model=return_model)
-        # numpy computes the S/N median while XLA works on the chunk (async dispatch);
-        # XLA's CPU sort made a sort-based median cost more than the whole fit.
-        snr = snr_of(flux[i0:i1], ivar[i0:i1])
-        out.append({k: np.asarray(v)[: i1 - i0] for k, v in res.items()} | {"snr": snr})
-    cat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+        for k, v in sub.items():
+            cat[k][redo] = v
+        cat["n_steps"][redo] += first
 
     z = cat["z"].astype(np.float64)
     labels = z * scale + mean
@@ -223,6 +228,33 @@ def fit_labels(
         ids=ids,
         label_names=em.label_names,
     )
+
+
+def _run_chunks(em, flux, ivar, prior_m, prior_p, starts, common, n_starts, max_steps, settings, snr):
+    """Fit all rows chunk by chunk (fixed padded chunk shape); concatenated numpy outputs."""
+    n = flux.shape[0]
+    dtype = settings["dtype"]
+    chunk = int(min(settings["chunk_size"], 1 << max(0, int(np.ceil(np.log2(n))))))
+    out = []
+    for i0 in _progress(range(0, n, chunk), settings["progress"], total=-(-n // chunk)):
+        i1 = min(i0 + chunk, n)
+        pad = chunk - (i1 - i0)
+        args = dict(
+            common,
+            flux=_pad(flux[i0:i1], pad, 1.0).astype(dtype, copy=False),
+            ivar=_pad(ivar[i0:i1], pad, 0.0).astype(dtype, copy=False),
+            prior_m=_pad(prior_m[i0:i1], pad, 0.0).astype(dtype),
+            prior_p=_pad(prior_p[i0:i1], pad, 0.0).astype(dtype),
+            max_steps=np.int32(max_steps),
+        )
+        if starts is not None:
+            args["starts"] = _pad(starts[i0:i1], pad, 0.0).astype(dtype)
+        res = _fit_chunk(em, args, n_starts=n_starts, tol=settings["tol"], return_model=settings["return_model"])
+        # numpy computes the S/N median while XLA works on the chunk (async dispatch);
+        # XLA's CPU sort made a sort-based median cost more than the whole fit.
+        extra = {"snr": snr_of(flux[i0:i1], ivar[i0:i1])} if snr else {}
+        out.append({k: np.array(v)[: i1 - i0] for k, v in res.items()} | extra)
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
 def _pad(a, pad, value):
@@ -272,7 +304,7 @@ def _prior_arrays(prior, names, n, mean, scale):
 
 # ------------------------------------------------------------------ compiled core
 @eqx.filter_jit
-def _fit_chunk(em, args, *, n_starts, max_steps, tol, return_model=True):
+def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
     flux, ivar = args["flux"], args["ivar"]
     s2 = em.pixel_variance
     good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
@@ -355,7 +387,7 @@ def _fit_chunk(em, args, *, n_starts, max_steps, tol, return_model=True):
         normal = make_normal(data, m, p)
 
         def run(z0):
-            return levenberg_marquardt(normal, z0, lo, hi, max_steps=max_steps, tol=tol)
+            return levenberg_marquardt(normal, z0, lo, hi, max_steps=args["max_steps"], tol=tol)
 
         z, obj, h, k, conv, _ = jax.vmap(run)(starts_1)
         obj = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
@@ -382,5 +414,5 @@ def _fit_chunk(em, args, *, n_starts, max_steps, tol, return_model=True):
     status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
     status = jnp.where(finite, status, int(Status.NON_FINITE))
     status = jnp.where(n_pix < n_lab + 1, int(Status.BAD_INPUT), status)
-    out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status)
+    out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, converged=conv)
     return out | {"model": model} if return_model else out

@@ -6,3 +6,4 @@ from ._base import LabelSpace as LabelSpace
 from ._base import load_emulator as load_emulator
 from ._base import read_header as read_header
 from ._cannon import CannonEmulator as CannonEmulator
+from ._kernel import KernelEmulator as KernelEmulator

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+import slamjax as sj
+from slamjax import Status
+from slamjax.emulators._kernel import _loo_block
+
+
+def _smooth_problem(m=120, p=30, seed=0, snr=100.0):
+    """A smooth non-quadratic function of 3 labels (sigmoids and a Gaussian bump)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.uniform([4000, 1.0, -2.0], [7000, 5.0, 0.5], size=(m, 3))
+    names = ("teff", "logg", "fe_h")
+
+    def clean(lab):
+        t = (lab[:, 0] - 5500) / 800
+        g = (lab[:, 1] - 3) / 1.2
+        f = (lab[:, 2] + 0.75) / 0.7
+        cols = []
+        for j in range(p):
+            a, b, c = np.sin(j), np.cos(1.3 * j), np.sin(0.7 * j + 1)
+            depth = 0.3 / (1 + np.exp(-(a * t + b * g + c * f))) + 0.05 * np.exp(-((t - a) ** 2))
+            cols.append(1 - depth)
+        return np.stack(cols, axis=1)
+
+    flux = clean(labels)
+    noisy = flux + rng.normal(size=flux.shape) / snr
+    ivar = np.full_like(flux, snr**2)
+    ds = sj.SpectrumSet(np.linspace(5000, 5100, p), noisy, ivar, labels=labels, label_names=names)
+    return ds, clean
+
+
+def test_closed_form_loo_equals_brute_force():
+    ds, _ = _smooth_problem(m=60, p=5)
+    em = sj.KernelEmulator.train(ds, gamma_grid=[0.3], lam_grid=[0.01, 0.1])
+    x = np.asarray(em.x_train)
+    y = (ds.flux - np.asarray(em.flux_mean)[None, :]) / np.asarray(em.flux_scale)[None, :]
+    gamma = 0.3
+    d2 = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=2)
+    k = np.exp(-gamma * d2)
+    evals, q = np.linalg.eigh(k)
+    for lam in (0.01, 0.1):
+        mse, md, _, alpha = (np.asarray(a) for a in _loo_block(evals, q, y, np.ones_like(y, bool), np.array([lam])))
+        # brute force: refit without star i, predict star i
+        err = np.empty_like(y)
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            a = np.linalg.solve(k[np.ix_(keep, keep)] + lam * np.eye(keep.sum()), y[keep])
+            err[i] = y[i] - k[i, keep] @ a
+        np.testing.assert_allclose(mse, np.mean(err**2, axis=0), rtol=1e-8)
+        np.testing.assert_allclose(md, np.mean(np.abs(err), axis=0), rtol=1e-8)
+        np.testing.assert_allclose(alpha, np.linalg.solve(k + lam * np.eye(len(y)), y), rtol=1e-8, atol=1e-10)
+
+
+def test_selected_hyperparameters_and_prediction():
+    ds, clean = _smooth_problem(m=300, p=20, seed=1)
+    em = sj.KernelEmulator.train(ds)
+    assert np.all(np.isfinite(np.asarray(em.cv_mse)))
+    test = np.random.default_rng(5).uniform([4500, 1.5, -1.5], [6500, 4.5, 0.0], size=(50, 3))
+    err = em.predict(test) - clean(test)
+    assert np.median(np.abs(err)) < 0.01  # noise is 0.01 per pixel in training
+    # the model variance is the CV MSE in flux units
+    np.testing.assert_allclose(
+        np.asarray(em.pixel_variance), np.asarray(em.cv_mse) * np.asarray(em.flux_scale) ** 2, rtol=1e-12
+    )
+
+
+def test_bad_training_pixels_are_imputed_not_used():
+    ds, _ = _smooth_problem(m=200, p=10, seed=2)
+    flux, ivar = ds.flux.copy(), ds.ivar.copy()
+    flux[:20, 3] = 100.0
+    ivar[:20, 3] = 0.0
+    bad = sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names)
+    em_bad = sj.KernelEmulator.train(bad)
+    em_ref = sj.KernelEmulator.train(ds)
+    lab = ds.labels[:5]
+    np.testing.assert_allclose(em_bad.predict(lab)[:, 3], em_ref.predict(lab)[:, 3], atol=0.01)
+
+
+def test_save_load_round_trip(tmp_path):
+    ds, _ = _smooth_problem(m=80, p=12, seed=3)
+    em = sj.KernelEmulator.train(ds)
+    back = sj.load_emulator(em.save(tmp_path / "k.npz"))
+    assert type(back) is sj.KernelEmulator and back.groups == em.groups
+    np.testing.assert_array_equal(back.predict(ds.labels[:4]), em.predict(ds.labels[:4]))
+
+
+def test_fit_pulls_on_non_quadratic_problem():
+    """Spectra from a smooth non-quadratic function at S/N 50: pulls with the model variance included."""
+    ds, clean = _smooth_problem(m=400, p=40, seed=4, snr=200.0)
+    em = sj.KernelEmulator.train(ds)
+    rng = np.random.default_rng(7)
+    truth = rng.uniform([4600, 1.6, -1.6], [6400, 4.4, 0.1], size=(300, 3))
+    flux = clean(truth) + rng.normal(size=(300, 40)) / 50.0
+    ivar = np.full_like(flux, 2500.0)
+    res = sj.fit_labels(em, flux, ivar)
+    ok = res.status == Status.CONVERGED
+    assert ok.mean() > 0.95
+    pull = (res.labels[ok] - truth[ok]) / res.labels_err[ok]
+    std = pull.std(axis=0)
+    assert np.all((std > 0.85) & (std < 1.2)), std
+
+
+def test_errors():
+    ds, _ = _smooth_problem(m=20, p=4)
+    with pytest.raises(NotImplementedError):
+        sj.KernelEmulator.train(ds, cv=5)
+    with pytest.raises(ValueError, match="> 0"):
+        sj.KernelEmulator.train(ds, gamma_grid=[-1.0])
+    with pytest.raises(ValueError, match="no labels"):
+        sj.KernelEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ds.ivar))
