@@ -109,3 +109,33 @@ def test_errors():
         sj.KernelEmulator.train(ds, gamma_grid=[-1.0])
     with pytest.raises(ValueError, match="no labels"):
         sj.KernelEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ds.ivar))
+
+
+def test_miles_cv_mse_kernel_below_cannon(sample):
+    """Real MILES FGK stars (the bundled sample): exact LOO CV MSE per pixel, standardised flux.
+
+    Measured: median 0.453 (kernel) vs 0.500 (Cannon); the kernel is lower on 96 % of pixels.
+    """
+    cannon = sj.CannonEmulator.train(sample)
+    kernel = sj.KernelEmulator.train(sample)
+    c = sj.diagnostics.cv_mse(cannon, sample)["mse"]
+    k = sj.diagnostics.cv_mse(kernel)["mse"]
+    assert np.median(k) < 0.97 * np.median(c)
+    assert np.mean(k < c) > 0.9
+    with pytest.raises(ValueError, match="training set"):
+        sj.diagnostics.cv_mse(cannon)
+
+
+def test_cannon_loo_matches_brute_force():
+    ds, _ = _smooth_problem(m=40, p=3, seed=9)
+    em = sj.CannonEmulator.train(ds, fit_scatter=False)
+    out = sj.diagnostics.cv_mse(em, ds)
+    x = (ds.labels - np.asarray(em.space.mean)) / np.asarray(em.space.scale)
+    v = np.stack([np.asarray(em.features(row)) for row in x])
+    err = np.empty_like(ds.flux)
+    for i in range(ds.n_spectra):
+        keep = np.arange(ds.n_spectra) != i
+        theta, *_ = np.linalg.lstsq(v[keep], ds.flux[keep], rcond=None)
+        err[i] = ds.flux[i] - v[i] @ theta
+    var = ds.flux.var(axis=0, ddof=1)
+    np.testing.assert_allclose(out["mse"], np.mean(err**2, axis=0) / var, rtol=1e-8)

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["KernelEmulator"]
 
-DEFAULT_GAMMAS = (0.02, 0.05, 0.1, 0.2, 0.5)
-DEFAULT_LAMBDAS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+DEFAULT_GAMMAS = (0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_LAMBDAS = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0)
 
 
 @register
@@ -100,9 +100,9 @@ class KernelEmulator(AbstractEmulator):
         Arguments:
             ds: training spectra with labels.
             gamma_grid: RBF widths γ on standardised labels (default
-                ``(0.02, 0.05, 0.1, 0.2, 0.5)``).
+                ``(0.01, 0.03, 0.1, 0.3, 1.0)``).
             lam_grid: ridge penalties λ on unit-variance flux (default
-                ``(1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)``).
+                ``(1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0)``).
             cv: ``"loo"`` (exact leave-one-out; k-fold is not implemented yet).
             n_impute: rounds of bad-pixel imputation (only when there are bad pixels).
             pixel_chunk: pixels per block (bounds memory at about 6·m·pixel_chunk floats).
