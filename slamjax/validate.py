@@ -10,11 +10,11 @@ import numpy as np
 from ._fit import fit_labels
 from ._result import FitResult
 from ._spectra import SpectrumSet
-from .emulators import CannonEmulator
+from .emulators import CannonEmulator, KernelEmulator
 
 __all__ = ["CVResult", "cross_validate", "kfold_indices"]
 
-_EMULATORS = {"cannon": CannonEmulator}
+_EMULATORS = {"cannon": CannonEmulator, "kernel": KernelEmulator}
 
 
 def kfold_indices(n: int, k: int, seed: int = 0) -> np.ndarray:

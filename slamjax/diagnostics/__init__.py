@@ -1,4 +1,5 @@
-"""Diagnostics: label statistics and per-pixel CV model errors."""
+"""Diagnostics: label statistics, per-pixel CV model errors and coefficients of dependence."""
 
+from .cod import cod as cod
 from .cv import cv_mse as cv_mse
 from .labels import label_stats as label_stats
