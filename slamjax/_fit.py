@@ -35,6 +35,7 @@ __all__ = ["fit_labels"]
 _TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
 _MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
+_SCREEN_STEPS = 2
 
 
 def fit_labels(
@@ -385,16 +386,21 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
 
     def fit_one(data, m, p, starts_1):
         normal = make_normal(data, m, p)
+        budget = args["max_steps"]
+        if starts_1.shape[0] > 1:
+            # Screen: every start gets a few steps, only the best one continues. Full LM
+            # runs from every start would cost n_starts times more emulator Jacobians.
+            def screen(z0):
+                return levenberg_marquardt(normal, z0, lo, hi, max_steps=_SCREEN_STEPS, tol=tol)
 
-        def run(z0):
-            return levenberg_marquardt(normal, z0, lo, hi, max_steps=args["max_steps"], tol=tol)
-
-        z, obj, h, k, conv, _ = jax.vmap(run)(starts_1)
-        obj = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
-        best = jnp.argmin(obj)
-        z, h, k, conv = z[best], h[best], k[best], conv[best]
+            zs, objs, _, ks, _, _ = jax.vmap(screen)(starts_1)
+            best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+            z0, k0 = zs[best], ks[best]
+        else:
+            z0, k0 = starts_1[0], jnp.zeros((), jnp.int32)
+        z, _, _, k, conv, _ = levenberg_marquardt(normal, z0, lo, hi, max_steps=budget - k0, tol=tol)
         _, _, h = normal(z)
-        return z, h, k, conv
+        return z, h, k0 + k, conv
 
     z, h, k, conv = jax.vmap(fit_one)(data, pm, pp, starts)
     cov_z = jnp.linalg.inv(h)
