@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["label_unit", "one_to_one"]
+__all__ = ["cod_spectrum", "cv_mse_spectra", "label_unit", "one_to_one"]
 
 _PRETTY = {"teff": r"$T_\mathrm{eff}$", "logg": r"$\log g$", "fe_h": "[Fe/H]"}
 _INSTALL_HINT = 'install it with `pip install matplotlib` (or `pip install -e ".[plot]"` in a slamjax checkout)'
@@ -125,4 +125,65 @@ def one_to_one(pred, true, label_names, path, err=None, status=None) -> Path:
             ax.legend(loc="upper left", fontsize=8)
     path = Path(path)
     fig.savefig(path, dpi=110)
+    return path
+
+
+def _figure(n_rows: int, width: float = 12.0, height: float = 2.6):
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, axes
+
+
+def cod_spectrum(wave, cod, path, label_names=None, full=None) -> Path:
+    """Coefficients of dependence versus wavelength (SLAM Fig. 8 style), one panel per label.
+
+    Arguments:
+        wave: wavelengths [P] (Å).
+        cod: per-label CODs [P, L], or the dict returned by :func:`slamjax.diagnostics.cod`
+            (then ``label_names`` and ``full`` are taken from it).
+        path: output file (PNG).
+        label_names: the L label names.
+        full: optional full COD [P], drawn in grey behind each panel.
+    """
+    if isinstance(cod, dict):
+        label_names = cod["label_names"] if label_names is None else label_names
+        full = cod["full"] if full is None else full
+        cod = cod["per_label"]
+    wave, cod = np.asarray(wave), np.asarray(cod)
+    if cod.ndim != 2 or cod.shape[0] != wave.shape[0]:
+        raise ValueError(f"cod must be [P={wave.shape[0]}, L], got {cod.shape}")
+    names = list(label_names) if label_names is not None else [str(j) for j in range(cod.shape[1])]
+    fig, axes = _figure(cod.shape[1])
+    for j, ax in enumerate(axes):
+        if full is not None:
+            ax.plot(wave, np.asarray(full), color="0.8", lw=0.6, label="full COD")
+        ax.plot(wave, cod[:, j], lw=0.6, color=f"C{j}", label=f"COD({_PRETTY.get(names[j], names[j])})")
+        ax.set_ylabel("COD")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("wavelength [Å]")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def cv_mse_spectra(wave, mse: dict, path) -> Path:
+    """Per-pixel CV MSE (standardised flux) of several emulators, e.g. ``{"kernel": ..., "cannon": ...}``."""
+    wave = np.asarray(wave)
+    fig, axes = _figure(1, height=3.2)
+    ax = axes[0]
+    for i, (name, values) in enumerate(mse.items()):
+        values = np.asarray(values)
+        if values.shape != wave.shape:
+            raise ValueError(f"{name}: CV MSE must be [P={wave.shape[0]}], got {values.shape}")
+        ax.plot(wave, values, lw=0.6, color=f"C{i}", label=f"{name} (median {np.nanmedian(values):.3f})")
+    ax.set_ylabel("CV MSE (standardised flux)")
+    ax.set_xlabel("wavelength [Å]")
+    ax.set_yscale("log")
+    ax.legend(loc="upper right", fontsize=8)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
     return path

@@ -156,3 +156,16 @@ def test_cods_on_miles_follow_known_line_physics(sample):
         assert np.argmax(core) == 0, core  # Teff dominates the Balmer line cores
     mgb = per[(w >= 5167.0) & (w <= 5184.0)].mean(axis=0)
     assert mgb[1] > np.median(per[:, 1])  # gravity-sensitive Mg b triplet
+
+
+def test_cod_and_cv_mse_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    import slamjax.plot as sp
+
+    wave = np.linspace(4000, 5000, 50)
+    cod = {"full": np.full(50, 0.8), "per_label": np.full((50, 2), 0.4), "label_names": ("teff", "logg")}
+    assert sp.cod_spectrum(wave, cod, tmp_path / "cod.png").stat().st_size > 0
+    mse = {"kernel": np.full(50, 0.1), "cannon": np.full(50, 0.2)}
+    assert sp.cv_mse_spectra(wave, mse, tmp_path / "m.png").exists()
+    with pytest.raises(ValueError):
+        sp.cv_mse_spectra(wave, {"kernel": np.ones(3)}, tmp_path / "x.png")
