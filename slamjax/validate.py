@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +13,9 @@ from ._result import FitResult
 from ._spectra import SpectrumSet
 from .emulators import CannonEmulator, KernelEmulator
 
-__all__ = ["CVResult", "cross_validate", "kfold_indices"]
+__all__ = ["CVResult", "OutlierRejection", "cross_validate", "kfold_indices", "reject_outliers"]
+
+logger = logging.getLogger(__name__)
 
 _EMULATORS = {"cannon": CannonEmulator, "kernel": KernelEmulator}
 
@@ -99,3 +102,53 @@ def cross_validate(
     )
     true = np.stack([ds.label(n) for n in result.label_names], axis=1)
     return CVResult(result, true, fold, result.label_names, t_train, t_fit, {"emulator": emulator, "k": k})
+
+
+@dataclass
+class OutlierRejection:
+    """Result of :func:`reject_outliers`: the cleaned set and who was dropped and why."""
+
+    clean: SpectrumSet
+    dropped_ids: np.ndarray
+    dropped_index: np.ndarray
+    deviation: np.ndarray  # [N, L] (fit − reference) / robust σ per label
+    sigma: dict
+    cv: CVResult
+
+
+def reject_outliers(
+    ds: SpectrumSet,
+    emulator: str = "kernel",
+    k: int = 10,
+    nsigma: float = 4.0,
+    *,
+    seed: int = 0,
+    train_kwargs: dict | None = None,
+    **fit_kwargs,
+) -> OutlierRejection:
+    """Training-set outlier rejection as in SLAM (Zhang, Liu & Deng 2020, §4.2).
+
+    Labels of every training star are predicted by a model trained without it (k-fold,
+    leave-1/10-out by default); stars whose prediction deviates from the reference label by
+    more than ``nsigma`` robust standard deviations (1.4826 × MAD of the deviations) in any
+    label are dropped. Stars whose fit failed (non-finite labels) are kept: a failed fit is
+    not evidence of a bad label. Retrain on ``result.clean``.
+    """
+    cv = cross_validate(ds, emulator=emulator, k=k, seed=seed, train_kwargs=train_kwargs, **fit_kwargs)
+    d = cv.result.labels - cv.true
+    med = np.nanmedian(d, axis=0)
+    sig = 1.4826 * np.nanmedian(np.abs(d - med[None, :]), axis=0)
+    dev = (d - med[None, :]) / np.where(sig > 0, sig, np.inf)[None, :]
+    bad = np.any(np.abs(np.nan_to_num(dev)) > nsigma, axis=1)
+    idx = np.flatnonzero(bad)
+    if idx.size == ds.n_spectra:
+        raise ValueError("every star would be rejected; check labels and nsigma")
+    logger.info("reject_outliers: dropping %d of %d stars: %s", idx.size, ds.n_spectra, list(ds.ids[idx]))
+    return OutlierRejection(
+        clean=ds[~bad],
+        dropped_ids=ds.ids[idx],
+        dropped_index=idx,
+        deviation=dev,
+        sigma=dict(zip(cv.label_names, sig.tolist())),
+        cv=cv,
+    )
