@@ -1,4 +1,4 @@
-"""The ``slamjax`` command line: ``demo``, ``train``, ``fit`` and ``info``.
+"""The ``slamjax`` command line: ``demo``, ``train``, ``fit``, ``info`` and ``prep``.
 
 ``main(argv)`` returns the exit status and never raises ``SystemExit`` itself: 0 on
 success, 1 for a runtime error (missing or unreadable file, bad data), 2 for a usage
@@ -22,6 +22,8 @@ from ._version import __version__
 
 __all__ = ["main"]
 
+logger = logging.getLogger(__name__)
+
 PROG = "slamjax"
 _EMULATORS = ("cannon",)
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
@@ -29,6 +31,8 @@ _SELECT_TERM = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )
 _OPS = {"<": np.less, ">": np.greater, "<=": np.less_equal, ">=": np.greater_equal}
+_NORMALIZERS = ("spline", "median", "none")
+_MAX_GRID_PIXELS = 1_000_000
 
 
 class UsageError(Exception):
@@ -47,6 +51,25 @@ def _int_at_least(lo: int):
         return value
 
     return parse
+
+
+def _parse_grid(text: str) -> tuple[float, float, float]:
+    """``"W0,W1,DLOG"``: first and last wavelength [Å] and the log10 step of a log-linear grid."""
+    parts = [s.strip() for s in text.split(",")]
+    try:
+        w0, w1, dlog = (float(s) for s in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected W0,W1,DLOG (three numbers, e.g. 3900,9000,1e-4), got {text!r}"
+        ) from None
+    if not all(np.isfinite(v) for v in (w0, w1, dlog)) or not 0 < w0 < w1:
+        raise argparse.ArgumentTypeError(f"need 0 < W0 < W1 (Å), got {text!r}")
+    if not 0 < dlog < 1:
+        raise argparse.ArgumentTypeError(f"DLOG is the log10 wavelength step and must be in (0, 1), got {dlog:g}")
+    n = (np.log10(w1) - np.log10(w0)) / dlog + 1
+    if n < 2 or n > _MAX_GRID_PIXELS:
+        raise argparse.ArgumentTypeError(f"grid {text!r} has {n:.0f} pixels; need 2 to {_MAX_GRID_PIXELS}")
+    return w0, w1, dlog
 
 
 def _split_names(text: str) -> list[str]:
@@ -397,6 +420,136 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _grid_from_npz(path) -> np.ndarray:
+    path = _check_npz(path, "an npz with a 'wave' array, e.g. a training set")
+    with np.load(path, allow_pickle=False) as data:
+        if "wave" not in data.files:
+            raise ValueError(f"{path} has no 'wave' array (keys: {', '.join(sorted(data.files))})")
+        wave = np.asarray(data["wave"], dtype=np.float64)
+    if wave.ndim != 1 or wave.size < 2 or not np.all(np.isfinite(wave)) or not np.all(np.diff(wave) > 0):
+        raise ValueError(f"'wave' in {path} is not a finite, strictly increasing 1-D grid (shape {wave.shape})")
+    return wave
+
+
+def _survey_snr(spectra) -> dict[str, np.ndarray]:
+    """The surveys' own S/N as ``snr_survey`` (scalars) or ``snr_<band>`` arrays, when all files agree on its form."""
+    values = [s.snr for s in spectra]
+    if all(isinstance(v, float) for v in values):
+        return {"snr_survey": np.array(values)}
+    if all(isinstance(v, dict) for v in values) and all(set(v) == set(values[0]) for v in values):
+        return {f"snr_{band}": np.array([v[band] for v in values]) for band in values[0]}
+    return {}
+
+
+def _to_medium(wave, is_vacuum: bool, vacuum: bool) -> np.ndarray:
+    from .preprocess import air_to_vacuum, vacuum_to_air
+
+    if is_vacuum == vacuum:
+        return wave
+    return air_to_vacuum(wave) if vacuum else vacuum_to_air(wave)
+
+
+def cmd_prep(args) -> int:
+    from . import preprocess as pp
+    from ._spectra import SpectrumSet, snr_of
+    from .io import read_spectrum
+
+    out = Path(args.out)
+    if not out.name.lower().endswith(".npz"):
+        raise UsageError(f"--out must be an .npz file name, got {out}")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; use --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output directory {out.parent} does not exist")
+    t0 = time.perf_counter()
+    target = _grid_from_npz(args.grid_from) if args.grid_from is not None else None
+
+    spectra = []
+    for name in args.files:
+        s = read_spectrum(_existing_file(name))
+        if isinstance(s, SpectrumSet):
+            raise ValueError(f"{name} is an npz set of spectra, not a survey spectrum file")
+        spectra.append(s)
+
+    vacuum = args.medium == "vacuum"
+    shifts = np.full(len(spectra), np.nan)  # velocity removed from each file's wavelengths (NaN: none known)
+    waves = []
+    for i, (name, s) in enumerate(zip(args.files, spectra)):
+        wave = s.wave
+        if args.rest_frame:
+            shift = s.meta.get("doppler_shift")
+            if shift is None or not np.isfinite(shift):
+                logger.warning("%s: no known Doppler shift (frame %s); left unshifted", name, s.meta.get("frame"))
+            else:
+                shifts[i] = shift
+                wave = pp.to_rest_frame(wave, shift) if shift != 0 else wave
+        waves.append(_to_medium(wave, s.vacuum, vacuum))
+
+    if args.grid is not None:
+        grid = pp.log_lambda_grid(*args.grid)
+        grid_text = f"log10 step {args.grid[2]:g} (--grid)"
+    elif target is not None:
+        grid = target
+        grid_text = f"from {args.grid_from}"
+    else:
+        grid = _to_medium(spectra[0].wave, spectra[0].vacuum, vacuum)
+        grid_text = f"native grid of {args.files[0]}"
+
+    n, p = len(spectra), grid.size
+    flux = np.empty((n, p))
+    ivar = np.empty((n, p))
+    for i, (s, wave) in enumerate(zip(spectra, waves)):
+        if np.array_equal(wave, grid):
+            flux[i], ivar[i] = s.flux, s.ivar
+        else:
+            flux[i], ivar[i] = pp.resample(wave, s.flux, s.ivar, grid)
+
+    if args.normalize == "spline":
+        flux, ivar, _ = pp.normalize_spline(grid, flux, ivar)
+    elif args.normalize == "median":
+        flux, ivar, _ = pp.normalize_median_poly(grid, flux, ivar)
+    ok = np.atleast_1d(pp.quality_flags(flux, ivar, max_bad=args.max_bad))
+    n_bad = (ivar <= 0).sum(axis=1)
+    snr = snr_of(flux, ivar)
+
+    arrays = dict(
+        wave=grid,
+        flux=flux,
+        ivar=ivar,
+        ids=np.array([s.id for s in spectra]).astype(str),
+        rv=np.array([np.nan if s.rv is None else s.rv for s in spectra]),
+        doppler_shift=shifts,
+        snr=snr,
+        ok=ok,
+        n_bad=n_bad,
+        paths=np.array([str(f) for f in args.files]),
+        products=np.array([str(s.product) for s in spectra]),
+        **_survey_snr(spectra),
+        medium=np.array(args.medium),
+        normalization=np.array(args.normalize),
+    )
+    np.savez_compressed(out, **arrays)
+    seconds = time.perf_counter() - t0
+
+    n_shift = int(np.isfinite(shifts).sum())
+    if not args.rest_frame:
+        frame = "no rest-frame shift (--no-rest-frame)"
+    elif n_shift < n:
+        frame = f"{n_shift} of {n} shifted to the rest frame ({n - n_shift} without a known shift left unshifted)"
+    else:
+        frame = f"all {n} shifted to the rest frame"
+    good_snr = snr[np.isfinite(snr)]
+    snr_text = f", median S/N {np.median(good_snr):.1f}" if good_snr.size else ""
+    products = ", ".join(sorted({str(s.product) for s in spectra}))
+    print(
+        f"prepared {n} spectra from {n} files ({products}) in {seconds:.2f} s: {frame}; {args.medium} wavelengths; "
+        f"resampled onto {p} pixels, {grid[0]:.2f}-{grid[-1]:.2f} Å ({grid_text}); "
+        f"normalisation {args.normalize}; {int((~ok).sum())} flagged with more than {args.max_bad} bad pixels "
+        f"(kept, ok = False){snr_text}; written to {out}"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -457,6 +610,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="model .npz, spectra .npz or catalog .fits")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "prep",
+        help="read survey spectrum files into one spectra .npz on a common grid",
+        description=(
+            "Read survey FITS spectra (LAMOST, APOGEE, SDSS), shift each to its rest frame where the survey gives the "
+            "velocity, convert to air or vacuum wavelengths, resample onto one grid, normalise, flag spectra with many "
+            "bad pixels and write a spectra .npz (wave, flux, ivar, ids, rv, snr, ok, ...)."
+        ),
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="survey spectrum files (.fits or .fits.gz)")
+    p.add_argument("--out", required=True, metavar="SET.npz", help="spectra .npz to write")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument(
+        "--grid",
+        type=_parse_grid,
+        default=None,
+        metavar="W0,W1,DLOG",
+        help="log-linear grid from W0 to W1 Å with log10 step DLOG (e.g. 3900,9000,1e-4)",
+    )
+    grid.add_argument(
+        "--grid-from",
+        default=None,
+        metavar="FILE.npz",
+        help="use the 'wave' array of this npz (e.g. a training set); default: the grid of the first file",
+    )
+    p.add_argument(
+        "--rest-frame",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shift each spectrum to its rest frame where its Doppler shift is known (default: yes)",
+    )
+    medium = p.add_mutually_exclusive_group()
+    medium.add_argument("--air", dest="medium", action="store_const", const="air", help="air wavelengths")
+    medium.add_argument(
+        "--vacuum", dest="medium", action="store_const", const="vacuum", help="vacuum wavelengths (default)"
+    )
+    p.set_defaults(medium="vacuum")
+    p.add_argument(
+        "--normalize", choices=_NORMALIZERS, default="spline", help="continuum normalisation (default spline)"
+    )
+    p.add_argument(
+        "--max-bad", type=_int_at_least(0), default=50, help="flag spectra with more bad pixels than this (default 50)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_prep)
     return parser
 
 

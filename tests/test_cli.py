@@ -16,6 +16,8 @@ import slamjax as sj
 from slamjax import plot
 from slamjax.cli import UsageError, main, parse_selection
 
+from .conftest import shared_file
+
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -206,3 +208,88 @@ def test_usage_errors(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "usage:" in err and "slamjax" in err and "error:" in err
+
+
+# ---------------------------------------------------------------------- prep
+LRS_FILES = ("spec-57287-KP193637N444141V03_sp10-161.fits.gz", "spec-58397-EG014118N254444M01_sp03-031.fits")
+
+
+def test_prep_lamost_lrs(tmp_path, capsys):
+    files = [str(shared_file("survey_files", name)) for name in LRS_FILES]
+    out = tmp_path / "lrs.npz"
+    assert main(["prep", *files, "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "prepared 2 spectra from 2 files" in summary and "flagged" in summary and str(out) in summary
+
+    ds = sj.load_npz(out)
+    assert ds.n_spectra == 2 and ds.n_pixels == 3909
+    assert np.all(np.isfinite(ds.flux)) and np.all(ds.ivar >= 0)
+    good = ds.ivar > 0
+    for row, ok in zip(ds.flux, good):
+        assert 0.8 < np.median(row[ok]) < 1.1
+    with np.load(out) as data:
+        for key in ("wave", "flux", "ivar", "ids", "rv", "snr", "ok"):
+            assert key in data.files, key
+        assert data["ok"].dtype == bool and data["ok"].shape == (2,)
+        assert np.all(np.isfinite(data["rv"])) and np.all(data["snr"] > 10)
+        assert np.all(np.isfinite(data["doppler_shift"]))  # LAMOST LRS gives the velocity: both shifted
+        n_flagged = int((~data["ok"]).sum())
+    assert f"{n_flagged} flagged with more than 50 bad pixels" in summary
+    assert list(ds.ids) == ["359910161", "677503031"]
+
+    # an explicit grid, air wavelengths, no normalisation, no shift; the output exists: needs --overwrite
+    argv = ["prep", *files, "--out", str(out), "--grid", "4000,8000,1e-4", "--air", "--no-rest-frame"]
+    assert main([*argv, "--normalize", "none"]) == 1
+    assert "--overwrite" in _one_error_line(capsys)
+    assert main([*argv, "--normalize", "none", "--overwrite", "--max-bad", "100000"]) == 0
+    capsys.readouterr()
+    ds = sj.load_npz(out)
+    np.testing.assert_allclose(ds.wave, sj.preprocess.log_lambda_grid(4000.0, 8000.0, 1e-4))
+    assert np.all(ds.meta["ok"]) and np.all(np.isnan(ds.meta["doppler_shift"]))
+    assert np.median(ds.flux[ds.ivar > 0]) > 10  # LAMOST fluxes are not normalised
+
+
+def test_prep_grid_from_npz(sample_file, tmp_path, capsys):
+    lrs = str(shared_file("survey_files", LRS_FILES[1]))
+    out = tmp_path / "on_sample_grid.npz"
+    assert main(["prep", lrs, "--out", str(out), "--grid-from", str(sample_file), "--air"]) == 0
+    capsys.readouterr()
+    ds, sample = sj.load_npz(out), sj.load_npz(sample_file)
+    np.testing.assert_array_equal(ds.wave, sample.wave)
+    assert ds.n_spectra == 1
+
+
+def test_prep_unknown_layout(tmp_path, capsys):
+    from astropy.io import fits
+
+    path = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.zeros((4, 5), np.float32)).writeto(path)
+    assert main(["prep", str(path), "--out", str(tmp_path / "set.npz")]) == 1
+    assert "unknown spectrum file layout" in _one_error_line(capsys)
+    assert not (tmp_path / "set.npz").exists()
+    assert main(["prep", str(tmp_path / "missing.fits"), "--out", str(tmp_path / "set.npz")]) == 1
+    assert "no such file" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "grid",
+    ["4000,8000", "8000,4000,1e-4", "4000,8000,0", "4000,8000,2", "a,b,c", "4000,8000,1e-12", "-1,8000,1e-4"],
+)
+def test_prep_bad_grid(grid, tmp_path, capsys):
+    assert main(["prep", "x.fits", "--out", str(tmp_path / "set.npz"), "--grid", grid]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "--grid" in err
+
+
+def test_prep_usage_errors(tmp_path, capsys):
+    out = str(tmp_path / "set.npz")
+    assert main(["prep", "--out", out]) == 2  # no files
+    capsys.readouterr()
+    assert main(["prep", "x.fits", "--out", out, "--grid", "4000,8000,1e-4", "--grid-from", "w.npz"]) == 2
+    capsys.readouterr()
+    assert main(["prep", "x.fits", "--out", out, "--air", "--vacuum"]) == 2
+    capsys.readouterr()
+    assert main(["prep", "x.fits", "--out", out, "--normalize", "chebyshev"]) == 2
+    capsys.readouterr()
+    assert main(["prep", "x.fits", "--out", str(tmp_path / "set.fits")]) == 2
+    _one_error_line(capsys)
