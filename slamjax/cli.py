@@ -25,7 +25,7 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 PROG = "slamjax"
-_EMULATORS = ("cannon",)
+_EMULATORS = ("kernel", "cannon")
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 _SELECT_TERM = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
@@ -248,19 +248,28 @@ def cmd_train(args) -> int:
         ds = apply_selection(ds, terms)
         print(f"selected {ds.n_spectra} of {n_all} spectra ({args.select})")
     t0 = time.perf_counter()
-    em = sj.CannonEmulator.train(ds, order=args.order, label_names=args.labels)
+    if args.emulator == "cannon":
+        em = sj.CannonEmulator.train(ds, order=args.order, label_names=args.labels)
+    else:
+        em = sj.KernelEmulator.train(ds, label_names=args.labels)
     seconds = time.perf_counter() - t0
     path = em.save(args.out)
 
     s2 = np.asarray(em.pixel_variance)
     usable = np.isfinite(s2)
-    print(f"trained {type(em).__name__} (order {args.order}) in {seconds:.2f} s")
+    detail = f"order {args.order}" if args.emulator == "cannon" else "exact LOO over a 5 x 6 (gamma, lambda) grid"
+    print(f"trained {type(em).__name__} ({detail}) in {seconds:.2f} s")
     print(f"  stars          {ds.n_spectra}")
     print(f"  pixels         {em.n_pixels} ({ds.wave[0]:.2f}-{ds.wave[-1]:.2f} Å), {int((~usable).sum())} unusable")
     print(f"  labels         {', '.join(em.label_names)}")
-    print(f"  coefficients   {len(em.terms)} per pixel")
+    if args.emulator == "cannon":
+        print(f"  coefficients   {len(em.terms)} per pixel")
+        what = "intrinsic pixel scatter"
+    else:
+        print(f"  median CV MSE  {np.median(np.asarray(em.cv_mse)):.4g} (standardised flux, exact LOO)")
+        what = "model error from LOO CV"
     if usable.any():
-        print(f"  median scatter {np.median(np.sqrt(s2[usable])):.4g} (intrinsic pixel scatter, flux units)")
+        print(f"  median sigma   {np.median(np.sqrt(s2[usable])):.4g} ({what}, flux units)")
     print(f"model written to {path}")
     return 0
 
@@ -567,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--k", type=_int_at_least(2), default=None, help="number of folds (default 5; 3 with --quick)")
     p.add_argument("--out", default="slamjax_demo", help="output directory (default ./slamjax_demo)")
-    p.add_argument("--emulator", choices=_EMULATORS, default="cannon", help="emulator (default cannon)")
+    p.add_argument("--emulator", choices=_EMULATORS, default="kernel", help="emulator (default kernel)")
     p.add_argument("--quick", action="store_true", help="every 3rd star and k=3 (a fast smoke test)")
     p.set_defaults(func=cmd_demo)
 
@@ -578,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", metavar="DATA.npz", help="training spectra (npz with wave, flux, ivar, labels, label_names)")
     p.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
-    p.add_argument("--emulator", choices=_EMULATORS, default="cannon", help="emulator (default cannon)")
+    p.add_argument("--emulator", choices=_EMULATORS, default="kernel", help="emulator (default kernel)")
     p.add_argument("--order", type=_int_at_least(1), default=2, help="polynomial order (default 2)")
     p.add_argument("--labels", type=_split_names, default=None, help="labels to train on, e.g. teff,logg,fe_h")
     p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")

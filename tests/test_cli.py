@@ -47,7 +47,7 @@ def small_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(small_data, tmp_path_factory):
-    """A Cannon model trained through the CLI on ``small_data``, and the captured stdout."""
+    """A model trained through the CLI (default emulator: kernel) on ``small_data``, and the captured stdout."""
     model = tmp_path_factory.mktemp("model") / "model.npz"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # capsys is function-scoped
@@ -68,16 +68,23 @@ def test_info_sample(sample_file, capsys):
         assert name in out
 
 
+def test_train_cannon_option(small_data, tmp_path, capsys):
+    model = tmp_path / "cannon.npz"
+    assert main(["train", str(small_data), "--out", str(model), "--emulator", "cannon"]) == 0
+    assert "CannonEmulator" in capsys.readouterr().out
+    assert sj.emulators.read_header(model)["emulator"] == "CannonEmulator"
+
+
 def test_train_info_fit(trained, small_data, tmp_path, capsys):
     rc, model, train_out = trained
     assert rc == 0
     assert model.exists()
     assert "60" in train_out and "teff, logg, fe_h" in train_out
-    assert sj.emulators.read_header(model)["emulator"] == "CannonEmulator"
+    assert sj.emulators.read_header(model)["emulator"] == "KernelEmulator"  # the default
 
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "CannonEmulator" in out and "teff" in out and "4300" in out
+    assert "KernelEmulator" in out and "teff" in out and "4300" in out
 
     cat = tmp_path / "cat.fits"
     assert main(["fit", str(model), str(small_data), "--out", str(cat), "--n-starts", "2"]) == 0
