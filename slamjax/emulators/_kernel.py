@@ -28,6 +28,7 @@ from jaxtyping import Array, Float, Int
 
 from .._spectra import SpectrumSet
 from ._base import AbstractEmulator, LabelSpace, register
+from ._svr import epsilon_refit
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class KernelEmulator(AbstractEmulator):
         n_impute: int = 2,
         pixel_chunk: int = 2048,
         label_names=None,
+        loss: str = "squared",
+        epsilon: float = 0.05,
     ) -> KernelEmulator:
         """Train on a labelled :class:`SpectrumSet` with exact leave-one-out model selection.
 
@@ -107,7 +110,20 @@ class KernelEmulator(AbstractEmulator):
             n_impute: rounds of bad-pixel imputation (only when there are bad pixels).
             pixel_chunk: pixels per block (bounds memory at about 6·m·pixel_chunk floats).
             label_names: optional subset/order of labels.
+            loss: ``"squared"`` (kernel ridge regression) or ``"epsilon"`` (SLAM's ε-SVR). With
+                ``"epsilon"``, (γ, λ) are still chosen by the squared-loss LOO above; then each pixel is
+                re-solved exactly as an ε-SVR with libsvm's intercept b (see ``_svr.solve_svr_dual``;
+                converged to relative KKT residual 1e-6) at C = 1/λ, and α is replaced by the SVR's
+                β = α⁺ − α⁻. C = 1/λ is exact for the loss weight: ridge λ is the L2-loss SVR
+                ½‖w‖² + C Σ ½ξ² with C = 1/λ; only the loss changes to max(0, |ξ| − ε). b is folded
+                into ``flux_mean`` (``flux_mean + b·flux_scale``). ``cv_mse``, ``cv_md`` and
+                ``pixel_variance`` remain those of the squared-loss model (a warning is logged).
+            epsilon: ε-tube half-width in standardised flux units (``loss="epsilon"`` only).
         """
+        if loss not in ("squared", "epsilon"):
+            raise ValueError(f"loss must be 'squared' or 'epsilon', got {loss!r}")
+        if not (np.isfinite(epsilon) and epsilon >= 0):
+            raise ValueError(f"epsilon must be finite and >= 0, got {epsilon}")
         if cv != "loo":
             raise NotImplementedError("only cv='loo' is implemented so far")
         if not isinstance(ds, SpectrumSet):
@@ -150,6 +166,13 @@ class KernelEmulator(AbstractEmulator):
                 y = np.where(good, y, fitted)
 
         gidx = sel["gidx"]
+        coef = sel["alpha"]
+        if loss == "epsilon":
+            logger.warning("KernelEmulator: loss='epsilon': cv_mse/pixel_variance are those of the squared-loss model")
+            coef, b, conv = epsilon_refit(eig, y, good, gidx, sel["lam"], epsilon, pixel_chunk)
+            mean = mean + b * scale  # the SVR intercept, in flux units
+            if not conv.all():
+                logger.warning("KernelEmulator: ε-SVR not converged for %d pixels", int((~conv).sum()))
         order = np.argsort(gidx, kind="stable")
         inverse = np.argsort(order)
         groups, gam_used = [], []
@@ -169,7 +192,7 @@ class KernelEmulator(AbstractEmulator):
             wave=jnp.asarray(ds.wave),
             pixel_variance=jnp.asarray(pixel_var),
             x_train=jnp.asarray(x),
-            coef=jnp.asarray(sel["alpha"][:, order]),
+            coef=jnp.asarray(coef[:, order]),
             order=jnp.asarray(order),
             inverse=jnp.asarray(inverse),
             gammas=jnp.asarray(np.asarray(gam_used)),
