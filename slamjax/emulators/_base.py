@@ -59,6 +59,22 @@ class LabelSpace(eqx.Module):
         return z * self.scale + self.mean
 
 
+def training_labels(ds, label_names=None) -> tuple[tuple[str, ...], np.ndarray]:
+    """Validated (names, labels [N, L]) of a labelled training SpectrumSet (optionally a subset)."""
+    from .._spectra import SpectrumSet
+
+    if not isinstance(ds, SpectrumSet):
+        raise TypeError(f"train expects a SpectrumSet, got {type(ds).__name__}")
+    if ds.labels is None:
+        raise ValueError("training set has no labels")
+    names = tuple(label_names) if label_names is not None else ds.label_names
+    labels = np.stack([ds.label(n) for n in names], axis=1)
+    if not np.all(np.isfinite(labels)):
+        bad = np.flatnonzero(~np.all(np.isfinite(labels), axis=1))
+        raise ValueError(f"{bad.size} training stars have non-finite labels (first ids: {list(ds.ids[bad[:5]])})")
+    return names, labels
+
+
 class AbstractEmulator(eqx.Module):
     """A map from ONE label vector (physical units) to ONE normalised spectrum [P].
 

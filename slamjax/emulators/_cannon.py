@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._spectra import SpectrumSet
-from ._base import AbstractLinearEmulator, LabelSpace, register
+from ._base import AbstractLinearEmulator, LabelSpace, register, training_labels
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +100,7 @@ class CannonEmulator(AbstractLinearEmulator):
             ValueError: without labels, with non-finite labels, with fewer stars than
                 coefficients, or with a constant label.
         """
-        if not isinstance(ds, SpectrumSet):
-            raise TypeError(f"train expects a SpectrumSet, got {type(ds).__name__}")
-        if ds.labels is None:
-            raise ValueError("training set has no labels")
-        names = tuple(label_names) if label_names is not None else ds.label_names
-        labels = np.stack([ds.label(n) for n in names], axis=1)
-        if not np.all(np.isfinite(labels)):
-            bad = np.flatnonzero(~np.all(np.isfinite(labels), axis=1))
-            raise ValueError(f"{bad.size} training stars have non-finite labels (first ids: {list(ds.ids[bad[:5]])})")
+        names, labels = training_labels(ds, label_names)
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
         terms = _monomials(len(names), order)

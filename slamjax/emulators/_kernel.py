@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._spectra import SpectrumSet
-from ._base import AbstractEmulator, LabelSpace, register
+from ._base import AbstractEmulator, LabelSpace, register, training_labels
 from ._svr import epsilon_refit
 
 logger = logging.getLogger(__name__)
@@ -126,14 +126,7 @@ class KernelEmulator(AbstractEmulator):
             raise ValueError(f"epsilon must be finite and >= 0, got {epsilon}")
         if cv != "loo":
             raise NotImplementedError("only cv='loo' is implemented so far")
-        if not isinstance(ds, SpectrumSet):
-            raise TypeError(f"train expects a SpectrumSet, got {type(ds).__name__}")
-        if ds.labels is None:
-            raise ValueError("training set has no labels")
-        names = tuple(label_names) if label_names is not None else ds.label_names
-        labels = np.stack([ds.label(n) for n in names], axis=1)
-        if not np.all(np.isfinite(labels)):
-            raise ValueError("training labels contain non-finite values")
+        names, labels = training_labels(ds, label_names)
         m = ds.n_spectra
         if m < 3:
             raise ValueError(f"need at least 3 training spectra, got {m}")
