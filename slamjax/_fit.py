@@ -124,13 +124,14 @@ def fit_labels(
         raise ValueError(f"ivar shape {ivar.shape} does not match flux shape {flux.shape}")
     if flux.shape[0] == 0:
         raise ValueError("no spectra to fit")
-    if np.any(np.isnan(ivar)):
-        raise ValueError("ivar contains NaN (use ivar = 0 for bad pixels)")
-    if np.any(ivar < 0):
+    if not np.all(ivar >= 0):  # one pass catches NaN and negative values; details only on error
+        if np.any(np.isnan(ivar)):
+            raise ValueError("ivar contains NaN (use ivar = 0 for bad pixels)")
         raise ValueError("ivar contains negative values")
-    n_nonfinite = int(np.sum(~np.isfinite(flux) & (ivar > 0)))
-    if n_nonfinite:
-        logger.warning("fit_labels: %d non-finite flux values with ivar > 0 are ignored", n_nonfinite)
+    if not np.all(np.isfinite(flux)):
+        n_nonfinite = int(np.sum(~np.isfinite(flux) & (ivar > 0)))
+        if n_nonfinite:
+            logger.warning("fit_labels: %d non-finite flux values with ivar > 0 are ignored", n_nonfinite)
 
     if dtype is None:
         dtype = flux.dtype if flux.dtype in (np.float32, np.float64) else np.float64
@@ -236,7 +237,7 @@ def _run_chunks(em, flux, ivar, prior_m, prior_p, starts, common, n_starts, max_
     n = flux.shape[0]
     dtype = settings["dtype"]
     chunk = int(min(settings["chunk_size"], 1 << max(0, int(np.ceil(np.log2(n))))))
-    out = []
+    out: dict[str, np.ndarray] = {}
     for i0 in _progress(range(0, n, chunk), settings["progress"], total=-(-n // chunk)):
         i1 = min(i0 + chunk, n)
         pad = chunk - (i1 - i0)
@@ -254,8 +255,12 @@ def _run_chunks(em, flux, ivar, prior_m, prior_p, starts, common, n_starts, max_
         # numpy computes the S/N median while XLA works on the chunk (async dispatch);
         # XLA's CPU sort made a sort-based median cost more than the whole fit.
         extra = {"snr": snr_of(flux[i0:i1], ivar[i0:i1])} if snr else {}
-        out.append({k: np.array(v)[: i1 - i0] for k, v in res.items()} | extra)
-    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+        for k, v in (res | extra).items():
+            v = np.asarray(v)
+            if k not in out:  # preallocate once: one copy per output instead of two
+                out[k] = np.empty((n,) + v.shape[1:], v.dtype)
+            out[k][i0:i1] = v[: i1 - i0]
+    return out
 
 
 def _pad(a, pad, value):
