@@ -15,6 +15,7 @@ Two evaluation strategies give the same χ² (a test checks this):
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 
@@ -36,6 +37,7 @@ _TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
 _MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
 _SCREEN_STEPS = 2
+_CHUNK_BYTES = 16 * 2**20
 
 
 def fit_labels(
@@ -49,7 +51,7 @@ def fit_labels(
     box_margin: float = 0.05,
     max_steps: int = 50,
     tol: float | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     dtype=None,
     progress: bool = False,
     ids=None,
@@ -82,8 +84,10 @@ def fit_labels(
         tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
             the minimum in units of the label errors); default 1e-10 (float64) or 1e-3
             (float32).
-        chunk_size: spectra per compiled batch (bounds memory: about
-            ``chunk_size · P · 8`` bytes per array).
+        chunk_size: spectra per compiled batch. Default: the power of two that keeps one
+            [chunk, P] array at or below 16 MiB (64 to 4096 spectra): bounded memory, cache-
+            friendly, and below glibc's 32 MiB mmap threshold, above which every chunk's
+            buffers were page-faulted in afresh (measured: float64 +21 %, float32 +39 %).
         dtype: ``float32`` or ``float64`` for the computation; default: the dtype of
             ``flux`` (float64 for integer input).
         progress: show a progress bar over chunks (needs ``tqdm``; silently off without).
@@ -183,6 +187,11 @@ def fit_labels(
     common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
     if starts is None:
         common["templates"] = templates_z.astype(dtype)
+    if chunk_size is None:
+        per_spectrum = em.n_pixels * dtype.itemsize
+        chunk_size = int(np.clip(1 << int(np.floor(np.log2(max(_CHUNK_BYTES // per_spectrum, 1)))), 64, 4096))
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     settings = dict(dtype=dtype, chunk_size=chunk_size, tol=tol, return_model=return_model, progress=progress)
     # Phase 1: every start gets a short step budget. Under vmap a while-loop runs until the
     # slowest member of the batch stops, so the few slow fits continue in phase 2, in a batch
@@ -309,7 +318,10 @@ def _prior_arrays(prior, names, n, mean, scale):
 
 
 # ------------------------------------------------------------------ compiled core
-@eqx.filter_jit
+# Plain jax.jit, not eqx.filter_jit: equinox (0.13) blocks until each call completes, which
+# serialised the numpy S/N median behind the compiled fit (measured +9-14 % with jax.jit). The
+# emulator is a pytree (static fields in its treedef); ``args`` holds only arrays.
+@functools.partial(jax.jit, static_argnames=("n_starts", "tol", "return_model"))
 def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
     flux, ivar = args["flux"], args["ivar"]
     s2 = em.pixel_variance
@@ -386,7 +398,9 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
             flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P]
             obj_t = jnp.sum(w * f * f, axis=1)[:, None] - 2.0 * (w * f) @ flux_t.T + w @ (flux_t * flux_t).T + prior_t
         obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
-        _, idx = jax.lax.top_k(-obj_t, n_starts)
+        # Rank in float32: XLA's CPU top_k sorts float64 (~40x slower); only the choice of
+        # starting points depends on it.
+        _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
         starts = templates[idx]  # [B, S, L]
 
     def fit_one(data, m, p, starts_1):
