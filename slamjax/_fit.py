@@ -37,7 +37,7 @@ _TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
 _MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
 _SCREEN_STEPS = 2
-_CHUNK_BYTES = 16 * 2**20
+_CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 
 
 def fit_labels(
@@ -84,10 +84,11 @@ def fit_labels(
         tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
             the minimum in units of the label errors); default 1e-10 (float64) or 1e-3
             (float32).
-        chunk_size: spectra per compiled batch. Default: the power of two that keeps one
-            [chunk, P] array at or below 16 MiB (64 to 4096 spectra): bounded memory, cache-
-            friendly, and below glibc's 32 MiB mmap threshold, above which every chunk's
-            buffers were page-faulted in afresh (measured: float64 +21 %, float32 +39 %).
+        chunk_size: spectra per compiled batch. Default: about 1.1 million elements per
+            [chunk, P] array (256 spectra at 4300 px; 64 to 4096): bounded memory, cache-
+            friendly, below glibc's 32 MiB mmap threshold (larger chunks were page-faulted
+            in afresh every time); 256 beat 512 and 1024 in float32 and float64
+            (benchmarks/results/fit_throughput.md).
         dtype: ``float32`` or ``float64`` for the computation; default: the dtype of
             ``flux`` (float64 for integer input).
         progress: show a progress bar over chunks (needs ``tqdm``; silently off without).
@@ -188,8 +189,7 @@ def fit_labels(
     if starts is None:
         common["templates"] = templates_z.astype(dtype)
     if chunk_size is None:
-        per_spectrum = em.n_pixels * dtype.itemsize
-        chunk_size = int(np.clip(1 << int(np.floor(np.log2(max(_CHUNK_BYTES // per_spectrum, 1)))), 64, 4096))
+        chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     settings = dict(dtype=dtype, chunk_size=chunk_size, tol=tol, return_model=return_model, progress=progress)
