@@ -29,14 +29,11 @@ def check_wave(wave, name: str = "wave") -> np.ndarray:
     return wave
 
 
-def check_spectra(wave, flux, ivar) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Validate ``wave`` [P], ``flux``/``ivar`` [P] or [N, P]; return 2-D copies and whether input was 1-D.
+def check_flux_ivar(flux, ivar, n_pixels: int, what: str = "P") -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate ``flux``/``ivar`` [P] or [N, P] against ``n_pixels``; return 2-D arrays and whether input was 1-D.
 
     Non-finite flux or ivar, and negative ivar, become bad pixels (``ivar = 0``, ``flux = 1``).
     """
-    wave = check_wave(wave)
-    if wave.ndim != 1:
-        raise ValueError(f"wave must be 1-D [P], got shape {wave.shape}")
     flux = as_float(flux, "flux")
     ivar = as_float(ivar, "ivar")
     if flux.shape != ivar.shape:
@@ -44,10 +41,19 @@ def check_spectra(wave, flux, ivar) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     single = flux.ndim == 1
     if single:
         flux, ivar = flux[None, :], ivar[None, :]
-    if flux.ndim != 2 or flux.shape[1] != wave.shape[0]:
-        raise ValueError(f"flux must be [P] or [N, P] with P = {wave.shape[0]} (len(wave)), got {flux.shape}")
+    if flux.ndim != 2 or flux.shape[1] != n_pixels:
+        raise ValueError(f"flux must be [{what}] or [N, {what}] with {what} = {n_pixels}, got {flux.shape}")
     bad = ~(np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0))
     if bad.any():  # copies only when something changes; the caller's arrays are never modified
         flux = np.where(bad, 1.0, flux).astype(flux.dtype, copy=False)
         ivar = np.where(bad, 0.0, ivar).astype(ivar.dtype, copy=False)
+    return flux, ivar, single
+
+
+def check_spectra(wave, flux, ivar) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Validate ``wave`` [P], ``flux``/``ivar`` [P] or [N, P]; return 2-D copies and whether input was 1-D."""
+    wave = check_wave(wave)
+    if wave.ndim != 1:
+        raise ValueError(f"wave must be 1-D [P], got shape {wave.shape}")
+    flux, ivar, single = check_flux_ivar(flux, ivar, wave.shape[0])
     return wave, flux, ivar, single

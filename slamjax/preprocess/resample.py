@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_float, check_wave
+from ._checks import as_float, check_flux_ivar, check_wave
 
 __all__ = ["log_lambda_grid", "resample"]
 
@@ -130,22 +130,10 @@ def resample(wave_in, flux, ivar, wave_out) -> tuple[np.ndarray, np.ndarray]:
     wave_out = as_float(wave_out, "wave_out")
     if wave_out.ndim != 1 or not np.all(np.isfinite(wave_out)):
         raise ValueError(f"wave_out must be a finite 1-D array, got shape {wave_out.shape}")
-    flux = as_float(flux, "flux")
-    ivar = as_float(ivar, "ivar")
-    if flux.shape != ivar.shape:
-        raise ValueError(f"flux shape {flux.shape} does not match ivar shape {ivar.shape}")
-    single = flux.ndim == 1
-    if single:
-        flux, ivar = flux[None, :], ivar[None, :]
-    if flux.ndim != 2 or flux.shape[1] != wave_in.shape[-1]:
-        raise ValueError(f"flux must be [P_in] or [N, P_in] with P_in = {wave_in.shape[-1]}, got {flux.shape}")
+    flux, ivar, single = check_flux_ivar(flux, ivar, wave_in.shape[-1], "P_in")
     if wave_in.ndim == 2 and wave_in.shape[0] != flux.shape[0]:
         raise ValueError(f"wave_in has {wave_in.shape[0]} rows but there are {flux.shape[0]} spectra")
     dtype = flux.dtype
-    bad = ~(np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0))
-    if bad.any():
-        flux = np.where(bad, 1.0, flux).astype(dtype)
-        ivar = np.where(bad, 0.0, ivar).astype(dtype)
     ivar = ivar.astype(dtype, copy=False)
     # wavelengths in float64 whenever available: float32 has only ~1e-3 Å precision at 10^4 Å
     wdt = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
