@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._lm import levenberg_marquardt
+from ._nuisance import _WINDOW_PIXELS, C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
 from ._result import FitResult, Status
 from ._spectra import SpectrumSet, snr_of
 from .emulators._base import AbstractEmulator, AbstractLinearEmulator
@@ -56,6 +57,8 @@ def fit_labels(
     progress: bool = False,
     ids=None,
     return_model: bool = True,
+    rv=False,
+    continuum: int | None = None,
 ) -> FitResult:
     """Fit labels to spectra: MAP labels, covariances, χ² and a status per spectrum.
 
@@ -95,6 +98,20 @@ def fit_labels(
         ids: identifiers [N] for the catalog.
         return_model: keep the best-fit model fluxes [N, P] in the result. Set False at
             survey scale: the output is then O(N·L²) instead of O(N·P).
+        rv: fit a radial velocity (km/s) with the labels: ``True`` searches ±500 km/s, or
+            give bounds ``(lo, hi)``. The model (rest frame, on ``em.wave``) is Doppler-shifted
+            onto the data pixels inside the residual (cubic interpolation, see
+            ``slamjax._nuisance``). A grid search over velocities (step 1.5 pixel velocities,
+            6 template spectra spread over the training labels) gives the start; LM then fits
+            v within ±8 pixel velocities of it. Pixels whose interpolation would cross a
+            segment edge (grid end or gap) within that window get zero weight.
+        continuum: fit a multiplicative continuum, a Chebyshev polynomial of this degree per
+            grid segment (segments: the grid split at gaps, e.g. APOGEE's three chips). Start:
+            the best constant scale per segment for each starting template.
+            With ``rv`` or ``continuum`` every emulator uses the generic path, the covariance
+            ``cov`` of the labels is marginalised over the nuisance parameters, and the
+            result carries ``rv``, ``rv_err``, ``continuum``, ``continuum_err`` and the full
+            covariance ``cov_full`` (order: labels, rv, continuum coefficients).
 
     Returns:
         :class:`slamjax.FitResult`.
@@ -166,7 +183,8 @@ def fit_labels(
             raise ValueError("n_starts must be >= 1")
         starts = None
         templates = np.asarray(space.train)
-        if not isinstance(em, AbstractLinearEmulator) and templates.shape[0] > _MAX_TEMPLATES_GENERIC:
+        generic = not isinstance(em, AbstractLinearEmulator) or bool(rv) or continuum is not None
+        if generic and templates.shape[0] > _MAX_TEMPLATES_GENERIC:
             pick = np.random.default_rng(0).choice(templates.shape[0], _MAX_TEMPLATES_GENERIC, replace=False)
             templates = templates[np.sort(pick)]
         n_starts = min(n_starts, templates.shape[0])
@@ -193,29 +211,31 @@ def fit_labels(
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     settings = dict(dtype=dtype, chunk_size=chunk_size, tol=tol, return_model=return_model, progress=progress)
+    nuis = None
+    if (rv is not False and rv is not None) or continuum is not None:
+        nuis, nuis_arrays = _nuisance_setup(em, rv, continuum, dtype)
+        common |= nuis_arrays
+        settings["nuis"] = nuis
     # Phase 1: every start gets a short step budget. Under vmap a while-loop runs until the
     # slowest member of the batch stops, so the few slow fits continue in phase 2, in a batch
     # of their own, from their best point (single start).
     first = min(max_steps, _FIRST_BUDGET)
-    cat = _run_chunks(em_c, flux, ivar, prior_m, prior_p, starts, common, n_starts, first, settings, snr=True)
+    rows = dict(flux=flux, ivar=ivar, prior_m=prior_m, prior_p=prior_p)
+    if starts is not None:
+        rows["starts"] = starts
+    cat = _run_chunks(em_c, rows, common, n_starts, first, settings, snr=True)
     redo = np.flatnonzero(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
     if max_steps > first and redo.size:
         common2 = {k: v for k, v in common.items() if k != "templates"}
-        sub = _run_chunks(
-            em_c,
-            flux[redo],
-            ivar[redo],
-            prior_m[redo],
-            prior_p[redo],
-            cat["z"][redo][:, None, :],
-            common2,
-            1,
-            max_steps - first,
-            settings | {"progress": False},
-            snr=False,
-        )
+        rows2 = {k: v[redo] for k, v in rows.items() if k != "starts"}
+        if nuis is None:
+            rows2["starts"] = cat["z"][redo][:, None, :]
+        else:
+            rows2["starts"] = cat["x"][redo][:, None, :]
+            rows2["v0"] = cat["v0"][redo]
+        sub = _run_chunks(em_c, rows2, common2, 1, max_steps - first, settings | {"progress": False}, snr=False)
         for k, v in sub.items():
             cat[k][redo] = v
         cat["n_steps"][redo] += first
@@ -227,6 +247,9 @@ def fit_labels(
     bad = status == Status.BAD_INPUT
     labels[bad] = np.nan
     cov[bad] = np.nan
+    extra = {}
+    if nuis is not None:
+        extra = _nuisance_outputs(cat, nuis, n_lab, bad, scale)
     return FitResult(
         labels=labels,
         cov=cov,
@@ -238,11 +261,34 @@ def fit_labels(
         model_flux=cat["model"] if return_model else None,
         ids=ids,
         label_names=em.label_names,
+        **extra,
     )
 
 
-def _run_chunks(em, flux, ivar, prior_m, prior_p, starts, common, n_starts, max_steps, settings, snr):
+def _nuisance_outputs(cat, nuis, n_lab, bad, scale):
+    """rv, continuum coefficients, their errors and the full covariance (physical units)."""
+    rv_on, degree, segments, _, _ = nuis
+    x = cat["x"].astype(np.float64)
+    cov = cat["cov_x"].astype(np.float64)
+    units = np.concatenate([scale, [_V_SCALE] if rv_on else [], np.ones(x.shape[1] - n_lab - int(rv_on))])
+    cov = cov * units[:, None] * units[None, :]
+    cov[bad] = np.nan
+    err = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    out = {"cov_full": cov}
+    if rv_on:
+        out["rv"] = np.where(bad, np.nan, x[:, n_lab] * _V_SCALE)
+        out["rv_err"] = err[:, n_lab]
+    if degree >= 0:
+        k = n_lab + int(rv_on)
+        shape = (x.shape[0], len(segments), degree + 1)
+        out["continuum"] = np.where(bad[:, None], np.nan, x[:, k:]).reshape(shape)
+        out["continuum_err"] = err[:, k:].reshape(shape)
+    return out
+
+
+def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
     """Fit all rows chunk by chunk (fixed padded chunk shape); concatenated numpy outputs."""
+    flux, ivar = rows["flux"], rows["ivar"]
     n = flux.shape[0]
     dtype = settings["dtype"]
     chunk = int(min(settings["chunk_size"], 1 << max(0, int(np.ceil(np.log2(n))))))
@@ -250,17 +296,15 @@ def _run_chunks(em, flux, ivar, prior_m, prior_p, starts, common, n_starts, max_
     for i0 in _progress(range(0, n, chunk), settings["progress"], total=-(-n // chunk)):
         i1 = min(i0 + chunk, n)
         pad = chunk - (i1 - i0)
-        args = dict(
-            common,
-            flux=_pad(flux[i0:i1], pad, 1.0).astype(dtype, copy=False),
-            ivar=_pad(ivar[i0:i1], pad, 0.0).astype(dtype, copy=False),
-            prior_m=_pad(prior_m[i0:i1], pad, 0.0).astype(dtype),
-            prior_p=_pad(prior_p[i0:i1], pad, 0.0).astype(dtype),
-            max_steps=np.int32(max_steps),
-        )
-        if starts is not None:
-            args["starts"] = _pad(starts[i0:i1], pad, 0.0).astype(dtype)
-        res = _fit_chunk(em, args, n_starts=n_starts, tol=settings["tol"], return_model=settings["return_model"])
+        args = dict(common, max_steps=np.int32(max_steps))
+        for key, value in rows.items():
+            fill = 1.0 if key == "flux" else 0.0
+            args[key] = _pad(value[i0:i1], pad, fill).astype(dtype, copy=False)
+        kw = dict(n_starts=n_starts, tol=settings["tol"], return_model=settings["return_model"])
+        if settings.get("nuis") is not None:
+            res = _fit_chunk_nuisance(em, args, nuis=settings["nuis"], **kw)
+        else:
+            res = _fit_chunk(em, args, **kw)
         # numpy computes the S/N median while XLA works on the chunk (async dispatch);
         # XLA's CPU sort made a sort-based median cost more than the whole fit.
         extra = {"snr": snr_of(flux[i0:i1], ivar[i0:i1])} if snr else {}
@@ -440,4 +484,242 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
     status = jnp.where(finite, status, int(Status.NON_FINITE))
     status = jnp.where(n_pix < n_lab + 1, int(Status.BAD_INPUT), status)
     out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, converged=conv)
+    return out | {"model": model} if return_model else out
+
+
+# ------------------------------------------------------------ nuisance parameters
+_RV_TEMPLATES = 6  # label vectors whose shifted models make the radial-velocity grid
+_RV_GRID_STEP = 1.5  # grid step in pixel velocities (LM refines inside ±_WINDOW_PIXELS)
+_V_SCALE = 100.0  # the fit works with v / 100 km/s
+
+
+def _spread_subset(z, k):
+    """``k`` rows of ``z`` spread over its range (greedy farthest-point, deterministic)."""
+    if z.shape[0] <= k:
+        return np.arange(z.shape[0])
+    pick = [int(np.argmin(np.sum(z**2, axis=1)))]  # start nearest the centre
+    d = np.sum((z - z[pick[0]]) ** 2, axis=1)
+    while len(pick) < k:
+        j = int(np.argmax(d))
+        pick.append(j)
+        d = np.minimum(d, np.sum((z - z[j]) ** 2, axis=1))
+    return np.sort(np.asarray(pick))
+
+
+def _nuisance_setup(em, rv, continuum, dtype):
+    """Static config and arrays for fits with a Doppler shift and/or a continuum."""
+    segments = segments_of(np.asarray(em.wave))
+    arrays = Shifter.arrays(np.asarray(em.wave), segments)
+    degree = -1
+    if continuum is not None:
+        degree = int(continuum)
+        if degree < 0 or degree != continuum:
+            raise ValueError(f"continuum must be a polynomial degree >= 0, got {continuum!r}")
+        basis = chebyshev_basis(np.asarray(em.wave), segments, degree)
+    else:
+        basis = chebyshev_basis(np.asarray(em.wave), segments, 0)  # segment indicators
+    arrays["basis"] = basis.astype(dtype)
+    n_v = 0
+    if rv is not False and rv is not None:
+        bounds = (-500.0, 500.0) if rv is True else tuple(float(b) for b in rv)
+        if len(bounds) != 2 or not (bounds[0] < bounds[1]) or not np.all(np.isfinite(bounds)):
+            raise ValueError(f"rv must be True, False or finite bounds (lo, hi) in km/s, got {rv!r}")
+        if max(abs(bounds[0]), abs(bounds[1])) >= 0.1 * C_KMS:
+            raise ValueError("rv bounds must be within ±0.1 c")
+        step = _RV_GRID_STEP * pixel_velocity(em.wave)
+        vgrid = np.arange(bounds[0], bounds[1] + 0.5 * step, step)
+        n_v = vgrid.size
+        space = em.space
+        train = np.asarray(space.train)
+        pick = _spread_subset((train - np.asarray(space.mean)) / np.asarray(space.scale), _RV_TEMPLATES)
+        rest = np.asarray(em.predict(train[pick]))  # [K, P]
+        sh = Shifter(*(jnp.asarray(arrays[k]) for k in ("lnw", "seg_lo", "seg_hi")))
+        shifted = jax.jit(jax.vmap(jax.vmap(sh.shift, in_axes=(None, 0)), in_axes=(0, None)))(
+            jnp.asarray(rest), jnp.asarray(vgrid)
+        )
+        arrays["grid_models"] = np.asarray(shifted).reshape(-1, rest.shape[1]).astype(dtype)
+        arrays["vgrid"] = vgrid.astype(dtype)
+        arrays["grid_valid"] = np.asarray(sh.valid(bounds[0], bounds[1]))
+        arrays["v_bounds"] = np.asarray(bounds, dtype=dtype)
+    cfg = (n_v > 0, degree, segments, n_v, pixel_velocity(em.wave))
+    return cfg, arrays
+
+
+def _segment_chi2(f, w, models, segments, scaled):
+    """χ² [B, K] of data f, w [B, P] against models [K, P], optionally with the best scale per segment.
+
+    Returns (chi2, scale [B, K, S]). Segments partition the pixels, so the cost is that of one
+    unsegmented product.
+    """
+    total, scales = 0.0, []
+    for a, b in segments:
+        fs, ws, ms = f[:, a:b], w[:, a:b], models[:, a:b]
+        a1 = jnp.sum(ws * fs * fs, axis=1)[:, None]
+        a2 = (ws * fs) @ ms.T
+        a3 = ws @ (ms * ms).T
+        if scaled:
+            s = jnp.where(a3 > 0, a2 / jnp.where(a3 > 0, a3, 1.0), 1.0)
+            total = total + a1 - s * a2
+            scales.append(s)
+        else:
+            total = total + a1 - 2.0 * a2 + a3
+            scales.append(jnp.ones_like(a2))
+    return total, jnp.stack(scales, axis=2)
+
+
+@functools.partial(jax.jit, static_argnames=("nuis", "n_starts", "tol", "return_model"))
+def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
+    """Like :func:`_fit_chunk`, with parameters x = [z (L), v/100 km/s (if rv), continuum (S·(n+1))]."""
+    rv_on, degree, segments, n_v, v_pix = nuis
+    flux, ivar = args["flux"], args["ivar"]
+    dtype = flux.dtype
+    s2 = em.pixel_variance
+    good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
+    w = jnp.where(good, ivar / (1.0 + jnp.where(good, ivar * s2[None, :], 0.0)), 0.0)
+    f = jnp.where(good, flux, 0.0)
+    space = em.space
+    n_lab = space.mean.shape[0]
+    sh = Shifter(args["lnw"], args["seg_lo"], args["seg_hi"])
+    basis = args["basis"]
+    n_seg = len(segments)
+    cont_on = degree >= 0
+    n_c = basis.shape[1] if cont_on else 0
+    n_par = n_lab + int(rv_on) + n_c
+    pm, pp = args["prior_m"], args["prior_p"]
+    batch = flux.shape[0]
+
+    # Starting velocity: grid search over a few shifted models (per-segment scale if continuum).
+    if rv_on:
+        if "v0" in args:
+            v0 = args["v0"]
+        else:
+            wg = w * args["grid_valid"][None, :]
+            chi_g, _ = _segment_chi2(f, wg, args["grid_models"], segments, cont_on)
+            best = jnp.argmin(jnp.where(jnp.isfinite(chi_g), chi_g, jnp.inf), axis=1)
+            v0 = args["vgrid"][best % n_v]
+        half = _WINDOW_PIXELS * v_pix
+        vb = args["v_bounds"]
+        v_lo = jnp.maximum(v0 - half, vb[0])
+        v_hi = jnp.minimum(v0 + half, vb[1])
+        valid = jax.vmap(sh.valid)(v_lo, v_hi)
+        w = jnp.where(valid, w, 0.0)
+    else:
+        v0 = jnp.zeros(batch, dtype)
+        v_lo = v_hi = v0
+    n_pix = jnp.sum(w > 0, axis=1)
+
+    # Starting labels (and continuum scales).
+    if "starts" in args:
+        starts = args["starts"]  # [B, S, L] or, in phase 2, full parameter vectors [B, 1, D]
+    else:
+        templates = args["templates"]
+        flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P] rest frame
+        if rv_on:
+            f_r = jax.vmap(sh.nearest)(f, v0)
+            w_r = jax.vmap(sh.nearest)(w, v0)
+        else:
+            f_r, w_r = f, w
+        obj_t, scale_t = _segment_chi2(f_r, w_r, flux_t, segments, cont_on)
+        obj_t = obj_t + jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
+        obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
+        _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
+        starts = templates[idx]  # [B, S, L]
+        scale0 = jnp.take_along_axis(scale_t, idx[:, :, None], axis=1)  # [B, S, n_seg]
+    if starts.shape[2] == n_lab:  # extend label starts with nuisance starts
+        parts = [starts]
+        if rv_on:
+            parts.append(jnp.broadcast_to((v0 / _V_SCALE)[:, None, None], starts.shape[:2] + (1,)))
+        if cont_on:
+            c0 = jnp.zeros(starts.shape[:2] + (n_seg, degree + 1), dtype)
+            sc = scale0 if "starts" not in args else jnp.ones(starts.shape[:2] + (n_seg,), dtype)
+            c0 = c0.at[..., 0].set(sc)
+            parts.append(c0.reshape(starts.shape[:2] + (n_c,)))
+        starts = jnp.concatenate(parts, axis=2).astype(dtype)
+
+    inf = jnp.full((batch, n_c), jnp.inf, dtype)
+    lo_parts = [jnp.broadcast_to(args["lo"], (batch, n_lab))]
+    hi_parts = [jnp.broadcast_to(args["hi"], (batch, n_lab))]
+    if rv_on:
+        lo_parts.append((v_lo / _V_SCALE)[:, None].astype(dtype))
+        hi_parts.append((v_hi / _V_SCALE)[:, None].astype(dtype))
+    lo = jnp.concatenate([*lo_parts, -inf], axis=1)
+    hi = jnp.concatenate([*hi_parts, inf], axis=1)
+    pad = jnp.zeros((batch, n_par - n_lab), dtype)
+    pm_x = jnp.concatenate([pm, pad], axis=1)
+    pp_x = jnp.concatenate([pp, pad], axis=1)
+
+    def predict(x):
+        """Model on the data pixels [P] and its Jacobian [P, D] at parameters x."""
+        z = x[:n_lab]
+        model, jac = em.flux_and_jacobian(space.physical(z))
+        jz = jac * space.scale[None, :]
+        cols = []
+        if rv_on:
+            v = x[n_lab] * _V_SCALE
+            model, dmodel = jax.jvp(lambda vv: sh.shift(model, vv), (v,), (jnp.ones_like(v),))
+            jz = sh.shift(jz, v)
+            cols.append(dmodel[:, None] * _V_SCALE)
+        if cont_on:
+            cont = basis @ x[n_lab + int(rv_on) :]
+            jac_c = model[:, None] * basis
+            jz = jz * cont[:, None]
+            cols = [c * cont[:, None] for c in cols] + [jac_c]
+            model = model * cont
+        return model, jnp.concatenate([jz, *cols], axis=1)
+
+    def fit_one(f1, w1, m, p, starts_1, lo1, hi1):
+        def normal(x):
+            model, jac = predict(x)
+            r = f1 - model
+            obj = jnp.sum(w1 * r * r) + jnp.sum(p * (x - m) ** 2)
+            g = -jac.T @ (w1 * r) + p * (x - m)
+            h = jac.T @ (w1[:, None] * jac) + jnp.diag(p)
+            return obj, g, h
+
+        budget = args["max_steps"]
+        if starts_1.shape[0] > 1:
+
+            def screen(x0):
+                return levenberg_marquardt(normal, x0, lo1, hi1, max_steps=_SCREEN_STEPS, tol=tol)
+
+            xs, objs, _, ks, _, _ = jax.vmap(screen)(starts_1)
+            best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+            x0, k0 = xs[best], ks[best]
+        else:
+            x0, k0 = starts_1[0], jnp.zeros((), jnp.int32)
+        x, _, _, k, conv, _ = levenberg_marquardt(normal, x0, lo1, hi1, max_steps=budget - k0, tol=tol)
+        _, _, h = normal(x)
+        model, _ = predict(x)
+        return x, h, k0 + k, conv, model
+
+    x, h, k, conv, model = jax.vmap(fit_one)(f, w, pm_x, pp_x, starts, lo, hi)
+    cov_x = jnp.linalg.inv(h)
+    chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
+
+    bounded = jnp.isfinite(lo[0]) & jnp.isfinite(hi[0])
+    tiny = 1e-6 * jnp.where(bounded[None, :], hi - lo, 0.0)
+    edge = ((x <= lo + tiny) | (x >= hi - tiny)) & bounded[None, :]
+    at_bound = jnp.any(edge, axis=1)
+    finite = (
+        jnp.all(jnp.isfinite(x), axis=1)
+        & jnp.isfinite(chi2)
+        & jnp.all(jnp.isfinite(cov_x), axis=(1, 2))
+        & jnp.all(jnp.diagonal(cov_x, axis1=1, axis2=2) > 0, axis=1)
+    )
+    status = jnp.where(conv, int(Status.CONVERGED), int(Status.MAX_STEPS))
+    status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
+    status = jnp.where(finite, status, int(Status.NON_FINITE))
+    status = jnp.where(n_pix < n_par + 1, int(Status.BAD_INPUT), status)
+    out = dict(
+        z=x[:, :n_lab],
+        cov_z=cov_x[:, :n_lab, :n_lab],
+        x=x,
+        cov_x=cov_x,
+        v0=v0,
+        chi2=chi2,
+        n_pixels=n_pix,
+        n_steps=k,
+        status=status,
+        converged=conv,
+    )
     return out | {"model": model} if return_model else out

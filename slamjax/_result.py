@@ -46,6 +46,12 @@ class FitResult(eqx.Module):
         model_flux: best-fit model [N, P] (None when read back from a catalog).
         ids: identifiers [N].
         label_names: the L label names.
+        rv, rv_err: fitted radial velocity and its 1σ error [N] (km/s; ``fit_labels(rv=...)``).
+        continuum, continuum_err: continuum Chebyshev coefficients [N, segments, degree + 1]
+            (``fit_labels(continuum=...)``).
+        cov_full: covariance of all fitted parameters [N, D, D] (labels, rv, continuum
+            coefficients, in that order) when nuisance parameters were fitted; ``cov`` is its
+            label block (labels marginalised over the nuisance parameters).
     """
 
     labels: np.ndarray
@@ -58,6 +64,11 @@ class FitResult(eqx.Module):
     model_flux: np.ndarray | None
     ids: np.ndarray
     label_names: tuple[str, ...] = eqx.field(static=True)
+    rv: np.ndarray | None = None
+    rv_err: np.ndarray | None = None
+    continuum: np.ndarray | None = None
+    continuum_err: np.ndarray | None = None
+    cov_full: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -69,8 +80,9 @@ class FitResult(eqx.Module):
 
     @property
     def rchi2(self) -> np.ndarray:
-        """Reduced χ² [N] = χ² / (n_pixels - L) (NaN where n_pixels <= L)."""
-        dof = self.n_pixels.astype(np.float64) - len(self.label_names)
+        """Reduced χ² [N] = χ² / (n_pixels - D) (D fitted parameters; NaN where n_pixels <= D)."""
+        n_par = len(self.label_names) if self.cov_full is None else self.cov_full.shape[1]
+        dof = self.n_pixels.astype(np.float64) - n_par
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(dof > 0, self.chi2 / dof, np.nan)
 
@@ -87,7 +99,8 @@ class FitResult(eqx.Module):
 
         Columns: ``id``; per label ``<name>`` and ``<name>_err`` (physical units: Teff
         in K); ``cov`` [L, L]; ``chi2``, ``rchi2``, ``n_pixels``, ``n_steps``, ``snr``,
-        ``status`` (see :class:`Status`; the legend is in the table meta). ``ids``/``snr``
+        ``status`` (see :class:`Status`; the legend is in the table meta); and, when
+        fitted, ``rv``, ``rv_err`` (km/s), ``continuum``, ``continuum_err``, ``cov_full``. ``ids``/``snr``
         override the stored ones; ``model_flux=True`` adds a ``model_flux`` column.
         """
         from astropy.table import Table
@@ -110,6 +123,9 @@ class FitResult(eqx.Module):
         tab["n_steps"] = self.n_steps
         tab["snr"] = snr
         tab["status"] = self.status.astype(np.int16)
+        for name in ("rv", "rv_err", "continuum", "continuum_err", "cov_full"):
+            if getattr(self, name) is not None:
+                tab[name] = getattr(self, name)
         if model_flux:
             if self.model_flux is None:
                 raise ValueError("this result holds no model flux")
@@ -147,4 +163,9 @@ class FitResult(eqx.Module):
             model_flux=np.asarray(tab["model_flux"]) if "model_flux" in tab.colnames else None,
             ids=np.asarray(tab["id"]).astype(str),
             label_names=names,
+            **{
+                k: np.asarray(tab[k], dtype=np.float64)
+                for k in ("rv", "rv_err", "continuum", "continuum_err", "cov_full")
+                if k in tab.colnames
+            },
         )
