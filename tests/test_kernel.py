@@ -3,7 +3,7 @@ import pytest
 
 import slamjax as sj
 from slamjax import Status
-from slamjax.emulators._kernel import _loo_block
+from slamjax.emulators._kernel import _cv_block
 
 
 def _smooth_problem(m=120, p=30, seed=0, snr=100.0):
@@ -40,7 +40,8 @@ def test_closed_form_loo_equals_brute_force():
     k = np.exp(-gamma * d2)
     evals, q = np.linalg.eigh(k)
     for lam in (0.01, 0.1):
-        mse, md, _, alpha = (np.asarray(a) for a in _loo_block(evals, q, y, np.ones_like(y, bool), np.array([lam])))
+        block = _cv_block(q, np.maximum(evals, 0.0), q, y, np.ones_like(y, bool), np.array([lam]))
+        mse, md, _, alpha, _ = (np.asarray(a) for a in block)
         # brute force: refit without star i, predict star i
         err = np.empty_like(y)
         for i in range(len(y)):
@@ -50,6 +51,56 @@ def test_closed_form_loo_equals_brute_force():
         np.testing.assert_allclose(mse, np.mean(err**2, axis=0), rtol=1e-8)
         np.testing.assert_allclose(md, np.mean(np.abs(err), axis=0), rtol=1e-8)
         np.testing.assert_allclose(alpha, np.linalg.solve(k + lam * np.eye(len(y)), y), rtol=1e-8, atol=1e-10)
+
+
+def _brute_force_errors(k_nr, k_rr, y, lam, folds):
+    """Refit min ||y_F' - K β||² + λ βᵀ K_rr β without each fold F, predict F."""
+    err = np.empty_like(y)
+    for test in folds:
+        keep = np.setdiff1d(np.arange(len(y)), test)
+        a = k_nr[keep].T @ k_nr[keep] + lam * k_rr
+        beta = np.linalg.lstsq(a, k_nr[keep].T @ y[keep], rcond=None)[0]
+        err[test] = y[test] - k_nr[test] @ beta
+    return err
+
+
+@pytest.mark.parametrize("inducing", [None, 25])
+@pytest.mark.parametrize("cv", ["loo", 4])
+def test_closed_form_cv_equals_brute_force(inducing, cv):
+    """k-fold and LOO, exact and inducing-star model: closed form = refitting without the fold."""
+    from slamjax.validate import kfold_indices
+
+    ds, _ = _smooth_problem(m=60, p=5)
+    em = sj.KernelEmulator.train(ds, gamma_grid=[0.3], lam_grid=[0.03], cv=cv, n_inducing=inducing, seed=2)
+    mean, sd = np.asarray(ds.labels).mean(0), np.asarray(ds.labels).std(0)
+    x = (np.asarray(ds.labels) - mean) / sd
+    y = (ds.flux - np.asarray(em.flux_mean)[None, :]) / np.asarray(em.flux_scale)[None, :]
+    centres = np.arange(60) if inducing is None else np.sort(np.random.default_rng(2).choice(60, 25, replace=False))
+    np.testing.assert_allclose(np.asarray(em.x_train), x[centres], rtol=1e-12)
+    k_nr = np.exp(-0.3 * np.sum((x[:, None, :] - x[None, centres, :]) ** 2, axis=2))
+    fold = kfold_indices(60, 4, seed=2)
+    folds = [[i] for i in range(60)] if cv == "loo" else [np.flatnonzero(fold == f) for f in range(4)]
+    err = _brute_force_errors(k_nr, k_nr[centres], y, 0.03, folds)
+    np.testing.assert_allclose(np.asarray(em.cv_mse), np.mean(err**2, axis=0), rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(em.cv_md), np.mean(np.abs(err), axis=0), rtol=1e-8)
+    # the stored coefficients are the full-data fit
+    a = k_nr.T @ k_nr + 0.03 * k_nr[centres]
+    beta = np.linalg.lstsq(a, k_nr.T @ y, rcond=None)[0]
+    pred = em.predict(ds.labels)
+    np.testing.assert_allclose(pred, (k_nr @ beta) * np.asarray(em.flux_scale) + np.asarray(em.flux_mean), atol=1e-8)
+
+
+def test_inducing_model_close_to_exact():
+    ds, clean = _smooth_problem(m=400, p=10, seed=4)
+    exact = sj.KernelEmulator.train(ds)
+    low = sj.KernelEmulator.train(ds, n_inducing=150)
+    assert np.asarray(low.x_train).shape == (150, 3)
+    # the 150-star basis loses little: CV MSE within 20 % of the exact model's, median over pixels
+    assert np.median(np.asarray(low.cv_mse) / np.asarray(exact.cv_mse)) < 1.2
+    test = np.random.default_rng(6).uniform([4500, 1.5, -1.5], [6500, 4.5, 0.0], size=(50, 3))
+    err_low = np.median(np.abs(low.predict(test) - clean(test)))
+    err_exact = np.median(np.abs(exact.predict(test) - clean(test)))
+    assert err_low < 1.3 * err_exact and err_low < 0.3 / 100  # noise σ is 1/100
 
 
 def test_selected_hyperparameters_and_prediction():
@@ -103,8 +154,13 @@ def test_fit_pulls_on_non_quadratic_problem():
 
 def test_errors():
     ds, _ = _smooth_problem(m=20, p=4)
-    with pytest.raises(NotImplementedError):
-        sj.KernelEmulator.train(ds, cv=5)
+    for bad_cv in ("kfold", 1, 21, 2.5, True):
+        with pytest.raises(ValueError, match="cv must be"):
+            sj.KernelEmulator.train(ds, cv=bad_cv)
+    with pytest.raises(ValueError, match="n_inducing"):
+        sj.KernelEmulator.train(ds, n_inducing=2)
+    with pytest.raises(ValueError, match="exact model"):
+        sj.KernelEmulator.train(ds, n_inducing=10, loss="epsilon")
     with pytest.raises(ValueError, match="> 0"):
         sj.KernelEmulator.train(ds, gamma_grid=[-1.0])
     with pytest.raises(ValueError, match="no labels"):

@@ -14,6 +14,20 @@ Bad training pixels (ivar = 0) get zero weight by imputation: they are first set
 mean, then replaced by the selected model's fitted value and the selection is repeated
 (``n_impute`` rounds; the fixed point of this EM iteration is the fit to the good pixels only).
 They never enter the CV MSE. Good pixels are equally weighted, as in SLAM.
+
+Large training sets (``n_inducing``): an n × n eigendecomposition per γ costs O(n³) (17,000
+stars: ~10¹³ flops per γ). Then the model is restricted to kernels centred on r inducing stars
+(a random subset): y(z) = Σ_j β_j k(z, x_j), fitted by min ‖y − K_nr β‖² + λ βᵀK_rr β (the
+"subset of regressors" form of kernel ridge regression; same λ scale). With
+K_rr = V S Vᵀ and features Φ = K_nr V S^(-1/2) [n, r] this is ridge regression on Φ; the thin
+SVD Φ = U diag(σ) Wᵀ plays the role of Q, Λ above (hat matrix U diag(σ²/(σ²+λ)) Uᵀ), so the
+same closed forms give exact LOO (or k-fold) residuals of that model for every λ and pixel, at
+O(n r²) per γ. The inducing stars fix the basis functions only; the held-out flux never enters
+the fit that predicts it.
+
+k-fold CV (``cv=k``): for a linear smoother with hat matrix H the residual of fold F refitted
+without F is e_F = (I − H_FF)⁻¹ r_F (r: full-fit residual), exact for any ridge problem with
+fixed features, one |F| × |F| solve per fold, γ and λ shared by all pixels.
 """
 
 from __future__ import annotations
@@ -36,6 +50,8 @@ __all__ = ["KernelEmulator"]
 
 DEFAULT_GAMMAS = (0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_LAMBDAS = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0)
+EXACT_MAX = 3000  # above this many training stars, n_inducing defaults to DEFAULT_INDUCING
+DEFAULT_INDUCING = 2000
 
 
 @register
@@ -48,7 +64,8 @@ class KernelEmulator(AbstractEmulator):
         space: label names, standardisation and training box.
         wave: wavelength grid [P].
         pixel_variance: LOO CV MSE in flux² units [P] (``inf`` for unusable pixels).
-        x_train: standardised training labels [m, L].
+        x_train: standardised labels of the kernel centres [m, L]: all training stars, or the
+            ``n_inducing`` inducing stars.
         coef: α [m, P] in standardised-flux units, pixel columns ordered by γ group.
         order: pixel permutation [P] that sorts pixels by γ group (``coef[:, j]`` is pixel
             ``order[j]``); ``inverse`` undoes it.
@@ -90,8 +107,10 @@ class KernelEmulator(AbstractEmulator):
         ds: SpectrumSet,
         gamma_grid=None,
         lam_grid=None,
-        cv: str = "loo",
+        cv: str | int = "loo",
         *,
+        n_inducing: int | None = None,
+        seed: int = 0,
         n_impute: int = 2,
         pixel_chunk: int = 2048,
         label_names=None,
@@ -106,7 +125,12 @@ class KernelEmulator(AbstractEmulator):
                 ``(0.01, 0.03, 0.1, 0.3, 1.0)``).
             lam_grid: ridge penalties λ on unit-variance flux (default
                 ``(1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0)``).
-            cv: ``"loo"`` (exact leave-one-out; k-fold is not implemented yet).
+            cv: ``"loo"`` (exact leave-one-out) or an integer k >= 2 (exact k-fold CV, folds
+                from :func:`slamjax.validate.kfold_indices` with ``seed``).
+            n_inducing: number r of inducing stars for large training sets (see the module
+                docstring); ``None``: exact (all stars) up to 3,000 stars, else 2,000. Pass
+                ``n_inducing >= n`` to force the exact model.
+            seed: seed for the choice of inducing stars and of the k folds.
             n_impute: rounds of bad-pixel imputation (only when there are bad pixels).
             pixel_chunk: pixels per block (bounds memory at about 6·m·pixel_chunk floats).
             label_names: optional subset/order of labels.
@@ -124,12 +148,26 @@ class KernelEmulator(AbstractEmulator):
             raise ValueError(f"loss must be 'squared' or 'epsilon', got {loss!r}")
         if not (np.isfinite(epsilon) and epsilon >= 0):
             raise ValueError(f"epsilon must be finite and >= 0, got {epsilon}")
-        if cv != "loo":
-            raise NotImplementedError("only cv='loo' is implemented so far")
         names, labels = training_labels(ds, label_names)
         m = ds.n_spectra
         if m < 3:
             raise ValueError(f"need at least 3 training spectra, got {m}")
+        if cv == "loo":
+            folds = None
+        elif isinstance(cv, (int, np.integer)) and not isinstance(cv, bool) and 2 <= cv <= m:
+            from ..validate import kfold_indices
+
+            fold = kfold_indices(m, int(cv), seed=seed)
+            folds = [np.flatnonzero(fold == f) for f in range(int(cv))]
+        else:
+            raise ValueError(f"cv must be 'loo' or an integer k in [2, {m}], got {cv!r}")
+        if n_inducing is None:
+            n_inducing = m if m <= EXACT_MAX else DEFAULT_INDUCING
+        if not (isinstance(n_inducing, (int, np.integer)) and n_inducing >= 3):
+            raise ValueError(f"n_inducing must be an integer >= 3, got {n_inducing!r}")
+        exact = n_inducing >= m
+        if loss == "epsilon" and not exact:
+            raise ValueError("loss='epsilon' needs the exact model (n_inducing >= number of training stars)")
         gammas = np.asarray(DEFAULT_GAMMAS if gamma_grid is None else gamma_grid, dtype=np.float64)
         lams = np.asarray(DEFAULT_LAMBDAS if lam_grid is None else lam_grid, dtype=np.float64)
         if gammas.ndim != 1 or lams.ndim != 1 or gammas.size == 0 or lams.size == 0:
@@ -148,19 +186,22 @@ class KernelEmulator(AbstractEmulator):
         scale = np.where(usable & (var > 0), np.sqrt(var), 1.0)
         y = np.where(good, (flux - mean[None, :]) / scale[None, :], 0.0)
 
-        d2 = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=2)
-        eig = [np.linalg.eigh(np.exp(-g * d2)) for g in gammas]
+        if exact:
+            centres = np.arange(m)
+        else:
+            centres = np.sort(np.random.default_rng(seed).choice(m, int(n_inducing), replace=False))
+            logger.info("KernelEmulator: %d inducing stars of %d", centres.size, m)
+        spectral = [_spectral(x, centres, g) for g in gammas]
         rounds = 1 + (n_impute if not good.all() else 0)
         for r in range(rounds):
-            sel = _select(eig, y, good, lams, pixel_chunk)
+            sel = _select(spectral, y, good, lams, pixel_chunk, folds)
             if r < rounds - 1:
-                # fitted value at a bad entry = y − λα (residual identity); impute and repeat
-                fitted = y - sel["lam"][None, :] * sel["alpha"]
-                y = np.where(good, y, fitted)
+                y = np.where(good, y, y - sel["resid"])  # impute the selected model's fit; repeat
 
         gidx = sel["gidx"]
-        coef = sel["alpha"]
+        coef = sel["coef"]
         if loss == "epsilon":
+            eig = [(sp[1], sp[0]) for sp in spectral]  # exact model: (eigenvalues, eigenvectors)
             logger.warning("KernelEmulator: loss='epsilon': cv_mse/pixel_variance are those of the squared-loss model")
             coef, b, conv = epsilon_refit(eig, y, good, gidx, sel["lam"], epsilon, pixel_chunk)
             mean = mean + b * scale  # the SVR intercept, in flux units
@@ -184,7 +225,7 @@ class KernelEmulator(AbstractEmulator):
             space=space,
             wave=jnp.asarray(ds.wave),
             pixel_variance=jnp.asarray(pixel_var),
-            x_train=jnp.asarray(x),
+            x_train=jnp.asarray(x[centres]),
             coef=jnp.asarray(coef[:, order]),
             order=jnp.asarray(order),
             inverse=jnp.asarray(inverse),
@@ -199,62 +240,106 @@ class KernelEmulator(AbstractEmulator):
         )
 
 
-def _select(eig, y, good, lams, pixel_chunk):
-    """Per-pixel best (γ, λ) by exact LOO MSE over good entries; α for the winner."""
-    m, p = y.shape
+def _spectral(x, centres, gamma):
+    """(U [n, k], σ² [k], C [r, k]) for one γ: hat matrix U diag(σ²/(σ²+λ)) Uᵀ, β = C diag(1/(σ²+λ)) Uᵀy.
+
+    Exact model (all stars are centres): U = C = Q, σ² = Λ of K = QΛQᵀ. Inducing model: see the
+    module docstring (directions with K_rr eigenvalues below 1e-10 of the largest are dropped).
+    """
+    xc = x[centres]
+    if centres.size == x.shape[0]:
+        k = np.exp(-gamma * np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=2))
+        evals, q = np.linalg.eigh(k)
+        return q, np.maximum(evals, 0.0), q
+    d2 = np.sum(x**2, 1)[:, None] + np.sum(xc**2, 1)[None, :] - 2.0 * x @ xc.T
+    k_nr = np.exp(-gamma * np.maximum(d2, 0.0))
+    s, v = np.linalg.eigh(k_nr[centres])
+    keep = s > 1e-10 * s[-1]
+    v = v[:, keep] / np.sqrt(s[keep])[None, :]
+    phi = k_nr @ v  # [n, k] features
+    sig2, w = np.linalg.eigh(phi.T @ phi)
+    keep = sig2 > 1e-12 * sig2[-1]
+    sig2, w = sig2[keep], w[:, keep]
+    sig = np.sqrt(sig2)
+    u = (phi @ w) / sig[None, :]
+    return u, sig2, (v @ w) * sig[None, :]
+
+
+def _select(spectral, y, good, lams, pixel_chunk, folds):
+    """Per-pixel best (γ, λ) by exact LOO (or k-fold) MSE over good entries; coefficients and residuals."""
+    n, p = y.shape
+    r = spectral[0][2].shape[0]
     best = {
         "mse": np.full(p, np.inf),
         "md": np.full(p, np.nan),
         "lam": np.full(p, lams[0]),
         "gidx": np.zeros(p, dtype=np.int64),
-        "alpha": np.zeros((m, p)),
+        "coef": np.zeros((r, p)),
+        "resid": np.zeros((n, p)),
     }
     lams_j = jnp.asarray(lams)
-    for g, (evals, q) in enumerate(eig):
-        evals_j, q_j = jnp.asarray(np.maximum(evals, 0.0)), jnp.asarray(q)
+    folds_j = None if folds is None else [jnp.asarray(f) for f in folds]
+    for g, (u, sig2, c) in enumerate(spectral):
+        u_j, sig2_j, c_j = jnp.asarray(u), jnp.asarray(sig2), jnp.asarray(c)
         for c0 in range(0, p, pixel_chunk):
             c1 = min(c0 + pixel_chunk, p)
-            mse, md, li, alpha = (
-                np.asarray(a)
-                for a in _loo_block(evals_j, q_j, jnp.asarray(y[:, c0:c1]), jnp.asarray(good[:, c0:c1]), lams_j)
-            )
+            block = _cv_block(u_j, sig2_j, c_j, jnp.asarray(y[:, c0:c1]), jnp.asarray(good[:, c0:c1]), lams_j, folds_j)
+            mse, md, li, coef, resid = (np.asarray(a) for a in block)
             better = mse < best["mse"][c0:c1]
             sl = slice(c0, c1)
             best["mse"][sl] = np.where(better, mse, best["mse"][sl])
             best["md"][sl] = np.where(better, md, best["md"][sl])
             best["lam"][sl] = np.where(better, lams[li], best["lam"][sl])
             best["gidx"][sl] = np.where(better, g, best["gidx"][sl])
-            best["alpha"][:, sl] = np.where(better[None, :], alpha, best["alpha"][:, sl])
+            best["coef"][:, sl] = np.where(better[None, :], coef, best["coef"][:, sl])
+            best["resid"][:, sl] = np.where(better[None, :], resid, best["resid"][:, sl])
     return best
 
 
 @jax.jit
-def _loo_block(evals, q, y, good, lams):
-    """For one γ (eigenpairs of K) and a block of pixels: best λ per pixel by exact LOO MSE."""
-    qty = q.T @ y  # [m, p]
-    q2 = q * q
+def _cv_block(u, sig2, c, y, good, lams, folds=None):
+    """For one γ and a block of pixels: best λ per pixel by exact LOO (``folds=None``) or k-fold MSE."""
+    uty = u.T @ y  # [k, p]
+    u2 = u * u
     n = jnp.maximum(jnp.sum(good, axis=0), 1)
 
     def one(lam):
-        alpha = q @ (qty / (evals + lam)[:, None])
-        h = q2 @ (evals / (evals + lam))  # hat-matrix diagonal [m]
-        e = lam * alpha / (1.0 - h)[:, None]
+        shrink = sig2 / (sig2 + lam)
+        resid = y - u @ (shrink[:, None] * uty)
+        if folds is None:
+            h = u2 @ shrink  # hat-matrix diagonal [n]
+            e = resid / (1.0 - h)[:, None]
+        else:
+            e = jnp.zeros_like(resid)
+            for idx in folds:
+                uf = u[idx]
+                h_ff = (uf * shrink[None, :]) @ uf.T
+                e = e.at[idx].set(jnp.linalg.solve(jnp.eye(idx.shape[0], dtype=h_ff.dtype) - h_ff, resid[idx]))
         e = jnp.where(good, e, 0.0)
-        return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n, alpha
+        coef = c @ (uty / (sig2 + lam)[:, None])
+        return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n, coef, resid
 
     def body(carry, lam):
-        bmse, bmd, bli, balpha, i = carry
-        mse, md, alpha = one(lam)
+        bmse, bmd, bli, bcoef, bres, i = carry
+        mse, md, coef, resid = one(lam)
         better = mse < bmse
         return (
             jnp.where(better, mse, bmse),
             jnp.where(better, md, bmd),
             jnp.where(better, i, bli),
-            jnp.where(better[None, :], alpha, balpha),
+            jnp.where(better[None, :], coef, bcoef),
+            jnp.where(better[None, :], resid, bres),
             i + 1,
         ), None
 
     p = y.shape[1]
-    init = (jnp.full(p, jnp.inf), jnp.zeros(p), jnp.zeros(p, jnp.int32), jnp.zeros_like(y), jnp.int32(0))
-    (mse, md, li, alpha, _), _ = jax.lax.scan(body, init, lams)
-    return mse, md, li, alpha
+    init = (
+        jnp.full(p, jnp.inf),
+        jnp.zeros(p),
+        jnp.zeros(p, jnp.int32),
+        jnp.zeros((c.shape[0], p), y.dtype),
+        jnp.zeros_like(y),
+        jnp.int32(0),
+    )
+    (mse, md, li, coef, resid, _), _ = jax.lax.scan(body, init, lams)
+    return mse, md, li, coef, resid
