@@ -21,5 +21,7 @@ from ._spectra import load_npz as load_npz  # noqa: E402
 from ._version import __version__ as __version__  # noqa: E402
 from .emulators import AbstractEmulator as AbstractEmulator  # noqa: E402
 from .emulators import CannonEmulator as CannonEmulator  # noqa: E402
+from .emulators import ContinuumNormalized as ContinuumNormalized  # noqa: E402
 from .emulators import KernelEmulator as KernelEmulator  # noqa: E402
+from .emulators import PayneEmulator as PayneEmulator  # noqa: E402
 from .emulators import load_emulator as load_emulator  # noqa: E402

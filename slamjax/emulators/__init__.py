@@ -7,3 +7,5 @@ from ._base import load_emulator as load_emulator
 from ._base import read_header as read_header
 from ._cannon import CannonEmulator as CannonEmulator
 from ._kernel import KernelEmulator as KernelEmulator
+from ._normalized import ContinuumNormalized as ContinuumNormalized
+from ._payne import PayneEmulator as PayneEmulator

@@ -19,6 +19,7 @@ __all__ = ["AbstractEmulator", "AbstractLinearEmulator", "LabelSpace", "load_emu
 
 FORMAT_NAME = "slamjax-emulator"
 FORMAT_VERSION = 1
+_CLASS_KEY = "__emulator__"
 
 
 class LabelSpace(eqx.Module):
@@ -160,11 +161,17 @@ def _split_fields(module: eqx.Module, prefix: str = ""):
         value = getattr(module, f.name)
         key = prefix + f.name
         if isinstance(value, eqx.Module):
+            if isinstance(value, AbstractEmulator):
+                # A wrapped emulator (e.g. ContinuumNormalized.inner): record its class.
+                static[key + "." + _CLASS_KEY] = _registered_name(value)
             s, a = _split_fields(value, key + ".")
             static.update(s)
             arrays.update(a)
         elif isinstance(value, (jax.Array, np.ndarray)):
             arrays[key] = np.asarray(value)
+        elif isinstance(value, tuple) and value and all(isinstance(v, (jax.Array, np.ndarray)) for v in value):
+            # A tuple of arrays (e.g. the layers of a network) is stored as key.0, key.1, ...
+            arrays.update({f"{key}.{i}": np.asarray(v) for i, v in enumerate(value)})
         elif isinstance(value, tuple):
             static[key] = list(value)
         else:
@@ -174,8 +181,7 @@ def _split_fields(module: eqx.Module, prefix: str = ""):
 
 def _save(em: AbstractEmulator, path) -> Path:
     cls = type(em)
-    if cls.__name__ not in _REGISTRY:
-        raise TypeError(f"{cls.__name__} is not a registered emulator and cannot be saved")
+    _registered_name(em)
     static, arrays = _split_fields(em)
     space = em.space
     header = {
@@ -263,8 +269,13 @@ def _build(cls, values: dict, prefix: str = ""):
             elif isinstance(v, list):
                 v = _tuplify(v)
             kwargs[f.name] = v
+        elif f"{key}.0" in values and isinstance(values[f"{key}.0"], np.ndarray):
+            n = 0
+            while f"{key}.{n}" in values:
+                n += 1
+            kwargs[f.name] = tuple(jnp.asarray(values[f"{key}.{i}"]) for i in range(n))
         else:
-            sub = _field_type(cls, f.name)
+            sub = _field_type(cls, f.name, values.get(f"{key}.{_CLASS_KEY}"))
             kwargs[f.name] = _build(sub, values, key + ".")
     return cls(**kwargs)
 
@@ -273,8 +284,20 @@ def _tuplify(v):
     return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
 
 
-def _field_type(cls, name):
-    # Nested modules in model files are LabelSpace only; keep the format explicit.
+def _registered_name(em) -> str:
+    name = type(em).__name__
+    if name not in _REGISTRY:
+        raise TypeError(f"{name} is not a registered emulator and cannot be saved")
+    return name
+
+
+def _field_type(cls, name, emulator_class=None):
+    # Nested modules in model files are a LabelSpace or a registered emulator (a wrapped
+    # model, its class named in the static entry '<field>.__emulator__'); keep the format explicit.
+    if emulator_class is not None:
+        if emulator_class not in _REGISTRY:
+            raise ValueError(f"unknown emulator class {emulator_class!r} (field {name!r}); known: {sorted(_REGISTRY)}")
+        return _REGISTRY[emulator_class]
     if name == "space":
         return LabelSpace
     raise ValueError(f"model file lacks field {name!r} of {cls.__name__}")
