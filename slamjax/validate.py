@@ -11,13 +11,24 @@ import numpy as np
 from ._fit import fit_labels
 from ._result import FitResult
 from ._spectra import SpectrumSet
-from .emulators import CannonEmulator, KernelEmulator
+from .emulators import CannonEmulator, KernelEmulator, PayneEmulator
 
-__all__ = ["CVResult", "OutlierRejection", "cross_validate", "kfold_indices", "reject_outliers"]
+__all__ = [
+    "CVResult",
+    "LadderResult",
+    "OutlierRejection",
+    "SpreadResult",
+    "cross_validate",
+    "degrade",
+    "kfold_indices",
+    "reject_outliers",
+    "snr_ladder",
+    "training_spread",
+]
 
 logger = logging.getLogger(__name__)
 
-_EMULATORS = {"cannon": CannonEmulator, "kernel": KernelEmulator}
+_EMULATORS = {"cannon": CannonEmulator, "kernel": KernelEmulator, "payne": PayneEmulator}
 
 
 def kfold_indices(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -152,3 +163,173 @@ def reject_outliers(
         sigma=dict(zip(cv.label_names, sig.tolist())),
         cv=cv,
     )
+
+
+def degrade(ds: SpectrumSet, snr: float, *, seed: int = 0) -> SpectrumSet:
+    """Add Gaussian noise so that each spectrum has per-pixel S/N ``snr``.
+
+    The target noise is constant across a spectrum, σ = median(flux over good pixels)/snr
+    (the usual per-pixel S/N of a normalised spectrum). The noise added to pixel p has
+    variance σ² − 1/ivar_p, so the result has exactly variance σ² and ``ivar = 1/σ²``;
+    pixels already noisier than σ keep their noise and ivar (counted in
+    ``meta["n_noisier_than_target"]``). Bad pixels stay bad.
+    """
+    if not (np.isfinite(snr) and snr > 0):
+        raise ValueError(f"snr must be finite and > 0, got {snr}")
+    rng = np.random.default_rng(seed)
+    good = (ds.ivar > 0) & np.isfinite(ds.flux)
+    level = np.array([np.median(f[g]) if g.any() else np.nan for f, g in zip(ds.flux, good)])
+    sigma2 = (np.abs(level) / snr)[:, None] ** 2
+    with np.errstate(divide="ignore"):
+        var0 = np.where(good, 1.0 / np.where(good, ds.ivar, 1.0), np.inf)
+    add = np.where(good, np.clip(sigma2 - var0, 0.0, None), 0.0)
+    flux = np.where(good, ds.flux + rng.normal(size=ds.flux.shape) * np.sqrt(add), ds.flux)
+    ivar = np.where(good, 1.0 / np.maximum(sigma2, var0), 0.0)
+    meta = dict(ds.meta) | {"degraded_snr": float(snr), "n_noisier_than_target": int(np.sum(good & (var0 > sigma2)))}
+    return SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names, ids=ds.ids, meta=meta)
+
+
+@dataclass
+class LadderResult:
+    """Label accuracy versus S/N from :func:`snr_ladder`."""
+
+    snrs: tuple[float, ...]
+    labels: np.ndarray  # [K, N, L] fitted labels at each S/N
+    errors: np.ndarray  # [K, N, L] formal 1σ errors
+    status: np.ndarray  # [K, N]
+    true: np.ndarray  # [N, L]
+    label_names: tuple[str, ...]
+    emulator: str
+
+    def stats(self) -> list[dict]:
+        """Per S/N rung: bias, scatter, MAE, pull mean/std per label (converged fits only)."""
+        from .diagnostics import label_stats
+
+        out = []
+        for k, snr in enumerate(self.snrs):
+            ok = self.status[k] == 0
+            st = label_stats(self.labels[k][ok], self.true[ok], label_names=self.label_names, err=self.errors[k][ok])
+            out.append({"snr": snr, "n_converged": int(ok.sum()), **st})
+        return out
+
+    def error_model(self):
+        """σ(S/N) = a·exp(−b·S/N) + c fitted to the scatter of the rungs (SLAM Table 1 form)."""
+        from .diagnostics import fit_error_model
+
+        st = self.stats()
+        scatter = np.array([[s[n]["scatter"] for n in self.label_names] for s in st])
+        return fit_error_model(np.asarray(self.snrs), scatter, self.label_names)
+
+
+def snr_ladder(
+    ds: SpectrumSet,
+    emulator: str = "kernel",
+    snrs=(5, 10, 20, 40, 80, 160),
+    k: int = 5,
+    *,
+    seed: int = 0,
+    train_kwargs: dict | None = None,
+    **fit_kwargs,
+) -> LadderResult:
+    """Accuracy versus S/N: k-fold, each fold's model (trained on the original spectra) fits the
+    held-out spectra degraded (:func:`degrade`) to every S/N in ``snrs``.
+
+    Stars whose original S/N is below a rung keep their own noise at that rung (see
+    :func:`degrade`); use high-S/N spectra.
+    """
+    if emulator not in _EMULATORS:
+        raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
+    if ds.labels is None:
+        raise ValueError("snr_ladder needs a labelled SpectrumSet")
+    snrs = tuple(float(s) for s in snrs)
+    fold = kfold_indices(ds.n_spectra, k, seed)
+    n = ds.n_spectra
+    labels = errors = status = None
+    for i in range(k):
+        em = _EMULATORS[emulator].train(ds[fold != i], **(train_kwargs or {}))
+        idx = np.flatnonzero(fold == i)
+        for r, snr in enumerate(snrs):
+            test = degrade(ds[idx], snr, seed=seed + 1000 * r + i)
+            res = fit_labels(em, test, **fit_kwargs)
+            if labels is None:
+                labels = np.full((len(snrs), n, res.labels.shape[1]), np.nan)
+                errors = np.full_like(labels, np.nan)
+                status = np.full((len(snrs), n), -1, dtype=np.int32)
+            labels[r, idx], errors[r, idx], status[r, idx] = res.labels, res.labels_err, res.status
+    names = em.label_names
+    true = np.stack([ds.label(nm) for nm in names], axis=1)
+    return LadderResult(snrs, labels, errors, status, true, names, emulator)
+
+
+@dataclass
+class SpreadResult:
+    """Fold-model spread of fitted labels (training-set uncertainty), from :func:`training_spread`."""
+
+    mean: np.ndarray  # [N, L] mean over the inner models
+    spread: np.ndarray  # [N, L] std over the inner models (ddof=1)
+    formal: np.ndarray  # [N, L] mean formal error
+    true: np.ndarray
+    label_names: tuple[str, ...]
+
+    @property
+    def combined(self) -> np.ndarray:
+        """sqrt(formal² + spread²) [N, L]."""
+        return np.sqrt(self.formal**2 + self.spread**2)
+
+    def pulls(self) -> dict:
+        """Pull std per label with the formal errors alone and with the combined errors."""
+        d = self.mean - self.true
+        out = {}
+        for j, name in enumerate(self.label_names):
+            ok = np.isfinite(d[:, j]) & (self.formal[:, j] > 0)
+            out[name] = {
+                "formal": float(np.std(d[ok, j] / self.formal[ok, j], ddof=1)),
+                "combined": float(np.std(d[ok, j] / self.combined[ok, j], ddof=1)),
+                "median_spread_over_formal": float(np.median(self.spread[ok, j] / self.formal[ok, j])),
+            }
+        return out
+
+
+def training_spread(
+    ds: SpectrumSet,
+    emulator: str = "kernel",
+    k: int = 5,
+    k_inner: int = 4,
+    *,
+    seed: int = 0,
+    train_kwargs: dict | None = None,
+    **fit_kwargs,
+) -> SpreadResult:
+    """Training-set uncertainty (SLAM §5.2): the spread of labels fitted by fold models.
+
+    For each outer fold, ``k_inner`` models are trained on the inner k-fold training subsets of
+    the other stars (each sees (k_inner − 1)/k_inner of them); every held-out star is fitted by
+    all of them. ``mean``/``spread`` are over those fits; ``formal`` the mean formal error. No
+    model ever saw the star it fits.
+    """
+    if emulator not in _EMULATORS:
+        raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
+    if ds.labels is None or k_inner < 2:
+        raise ValueError("training_spread needs a labelled SpectrumSet and k_inner >= 2")
+    fold = kfold_indices(ds.n_spectra, k, seed)
+    n = ds.n_spectra
+    mean = spread = formal = None
+    for i in range(k):
+        train_idx = np.flatnonzero(fold != i)
+        test_idx = np.flatnonzero(fold == i)
+        inner = kfold_indices(train_idx.size, k_inner, seed + 1 + i)
+        fits = []
+        for j in range(k_inner):
+            em = _EMULATORS[emulator].train(ds[train_idx[inner != j]], **(train_kwargs or {}))
+            fits.append(fit_labels(em, ds[test_idx], **fit_kwargs))
+        lab = np.stack([f.labels for f in fits])
+        err = np.stack([f.labels_err for f in fits])
+        if mean is None:
+            mean = np.full((n, lab.shape[2]), np.nan)
+            spread, formal = np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+        mean[test_idx] = lab.mean(axis=0)
+        spread[test_idx] = lab.std(axis=0, ddof=1)
+        formal[test_idx] = err.mean(axis=0)
+    names = em.label_names
+    true = np.stack([ds.label(nm) for nm in names], axis=1)
+    return SpreadResult(mean, spread, formal, true, names)

@@ -46,3 +46,63 @@ def test_reject_outliers_finds_planted_bad_labels():
     assert out.dropped_index.size <= planted.size + 3  # few false positives
     assert out.clean.n_spectra == ds.n_spectra - out.dropped_index.size
     assert set(out.dropped_ids) == set(ds.ids[out.dropped_index])
+
+
+def _high_snr_set(n=300, seed=4):
+    em = make_cannon(n_pixels=150, seed=seed)
+    labels = interior_labels(em, n, seed=seed + 1, margin=0.0)
+    flux, ivar, _ = simulate(em, labels, 1000, seed=seed + 2)
+    return sj.SpectrumSet(np.asarray(em.wave), flux, ivar, labels=labels, label_names=em.label_names)
+
+
+def test_degrade_reaches_the_target_noise():
+    ds = _high_snr_set(n=50)
+    noisy = sj.validate.degrade(ds, 20.0, seed=1)
+    level = np.median(ds.flux, axis=1)
+    np.testing.assert_allclose(1.0 / np.sqrt(noisy.ivar), (level / 20.0)[:, None] * np.ones((1, ds.n_pixels)))
+    # added noise: residual std equals sqrt(σ_target² − σ_original²) within sampling error
+    resid = (noisy.flux - ds.flux) / np.sqrt((level / 20.0)[:, None] ** 2 - 1.0 / ds.ivar)
+    assert abs(resid.std() - 1.0) < 0.01
+    np.testing.assert_array_equal(noisy.labels, ds.labels)
+    assert noisy.meta["n_noisier_than_target"] == 0
+    with pytest.raises(ValueError, match="snr"):
+        sj.validate.degrade(ds, 0.0)
+
+
+def test_snr_ladder_pulls_and_error_model():
+    ds = _high_snr_set()
+    lad = sj.validate.snr_ladder(ds, "cannon", snrs=(10, 20, 40, 80), k=3)
+    st = lad.stats()
+    scat = np.array([[s[n]["scatter"] for n in lad.label_names] for s in st])
+    assert np.all(np.diff(scat, axis=0) < 0)  # more S/N, less scatter
+    for s in st:
+        # at low S/N, stars at the edge of the training box end on the widened box (HIT_BOUND)
+        assert s["n_converged"] >= (0.8 if s["snr"] < 40 else 1.0) * ds.n_spectra
+        for n in lad.label_names:
+            assert 0.85 <= s[n]["pull_std"] <= 1.2, (s["snr"], n, s[n]["pull_std"])
+    model = lad.error_model()
+    np.testing.assert_allclose(model(np.array(lad.snrs)), scat, rtol=0.25)
+
+
+def test_fit_error_model_recovers_coefficients_and_label_distance():
+    snr = np.array([5.0, 10, 20, 40, 80, 160])
+    truth = {"teff": (300.0, 0.05, 50.0), "logg": (0.5, 0.03, 0.05)}
+    scatter = np.stack([a * np.exp(-b * snr) + c for a, b, c in truth.values()], axis=1)
+    model = sj.diagnostics.fit_error_model(snr, scatter, ("teff", "logg"))
+    for name, coef in truth.items():
+        np.testing.assert_allclose(model.coef[name], coef, rtol=1e-4)
+    with pytest.raises(ValueError, match=">= 3"):
+        sj.diagnostics.fit_error_model(snr[:2], scatter[:2], ("teff", "logg"))
+    d = sj.diagnostics.label_distance([[5000.0, 4.0], [5100.0, 4.2]], [[5100.0, 4.0], [5100.0, 4.0]], [100.0, 0.1])
+    np.testing.assert_allclose(d, [1.0, 2.0])
+
+
+def test_training_spread_shapes_and_pulls():
+    ds = _labelled_set(n=150, seed=6)
+    sp = sj.validate.training_spread(ds, "cannon", k=3, k_inner=3)
+    assert sp.mean.shape == (150, 3) and np.all(sp.spread > 0) and np.all(sp.combined >= sp.formal)
+    pulls = sp.pulls()
+    for name in ds.label_names:
+        # the simulated model is the fitted model: formal errors already calibrated
+        assert 0.85 <= pulls[name]["formal"] <= 1.25
+        assert pulls[name]["combined"] <= pulls[name]["formal"]
