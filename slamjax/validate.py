@@ -266,7 +266,7 @@ class SpreadResult:
     """Fold-model spread of fitted labels (training-set uncertainty), from :func:`training_spread`."""
 
     mean: np.ndarray  # [N, L] mean over the inner models
-    spread: np.ndarray  # [N, L] std over the inner models (ddof=1)
+    spread: np.ndarray  # [N, L] jackknife std over the inner models
     formal: np.ndarray  # [N, L] mean formal error
     true: np.ndarray
     label_names: tuple[str, ...]
@@ -304,8 +304,10 @@ def training_spread(
 
     For each outer fold, ``k_inner`` models are trained on the inner k-fold training subsets of
     the other stars (each sees (k_inner − 1)/k_inner of them); every held-out star is fitted by
-    all of them. ``mean``/``spread`` are over those fits; ``formal`` the mean formal error. No
-    model ever saw the star it fits.
+    all of them. ``mean`` is their mean, ``spread`` the delete-a-group jackknife standard
+    deviation sqrt((k_inner − 1)/k_inner Σ_j (θ_j − θ̄)²) (the inner models overlap, so their
+    plain standard deviation would underestimate it), ``formal`` the mean formal error. No model
+    ever saw the star it fits.
     """
     if emulator not in _EMULATORS:
         raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
@@ -328,7 +330,10 @@ def training_spread(
             mean = np.full((n, lab.shape[2]), np.nan)
             spread, formal = np.full_like(mean, np.nan), np.full_like(mean, np.nan)
         mean[test_idx] = lab.mean(axis=0)
-        spread[test_idx] = lab.std(axis=0, ddof=1)
+        # delete-a-group jackknife: the models share (k_inner − 2)/(k_inner − 1) of their stars, so
+        # their raw spread s underestimates the variance of a model trained on all of them; the
+        # jackknife variance (k − 1)/k Σ (θ_j − θ̄)² = (k − 1)²/k · s² estimates it.
+        spread[test_idx] = np.sqrt((k_inner - 1) / k_inner * np.sum((lab - lab.mean(axis=0)) ** 2, axis=0))
         formal[test_idx] = err.mean(axis=0)
     names = em.label_names
     true = np.stack([ds.label(nm) for nm in names], axis=1)

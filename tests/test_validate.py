@@ -98,11 +98,11 @@ def test_fit_error_model_recovers_coefficients_and_label_distance():
 
 
 def test_training_spread_shapes_and_pulls():
-    ds = _labelled_set(n=150, seed=6)
+    ds = _labelled_set(n=300, seed=6)
     sp = sj.validate.training_spread(ds, "cannon", k=3, k_inner=3)
-    assert sp.mean.shape == (150, 3) and np.all(sp.spread > 0) and np.all(sp.combined >= sp.formal)
+    assert sp.mean.shape == (300, 3) and np.all(sp.spread > 0) and np.all(sp.combined >= sp.formal)
     pulls = sp.pulls()
     for name in ds.label_names:
-        # the simulated model is the fitted model: formal errors already calibrated
-        assert 0.85 <= pulls[name]["formal"] <= 1.25
-        assert pulls[name]["combined"] <= pulls[name]["formal"]
+        # models trained on ~130 stars: formal errors slightly small; the spread moves pulls toward 1
+        assert pulls[name]["combined"] < pulls[name]["formal"]
+        assert 0.85 <= pulls[name]["combined"] <= 1.1
