@@ -25,7 +25,7 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 PROG = "slamjax"
-_EMULATORS = ("kernel", "cannon")
+_EMULATORS = ("kernel", "cannon", "payne")
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 _SELECT_TERM = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
@@ -250,6 +250,8 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     if args.emulator == "cannon":
         em = sj.CannonEmulator.train(ds, order=args.order, label_names=args.labels)
+    elif args.emulator == "payne":
+        em = sj.PayneEmulator.train(ds, label_names=args.labels, key=args.seed)
     else:
         em = sj.KernelEmulator.train(ds, label_names=args.labels)
     seconds = time.perf_counter() - t0
@@ -257,7 +259,11 @@ def cmd_train(args) -> int:
 
     s2 = np.asarray(em.pixel_variance)
     usable = np.isfinite(s2)
-    detail = f"order {args.order}" if args.emulator == "cannon" else "exact LOO over a 5 x 6 (gamma, lambda) grid"
+    detail = {
+        "cannon": f"order {args.order}",
+        "kernel": "exact LOO over a 5 x 6 (gamma, lambda) grid",
+        "payne": f"dense MLP, hidden {em.hidden}, seed {args.seed}" if args.emulator == "payne" else "",
+    }[args.emulator]
     print(f"trained {type(em).__name__} ({detail}) in {seconds:.2f} s")
     print(f"  stars          {ds.n_spectra}")
     print(f"  pixels         {em.n_pixels} ({ds.wave[0]:.2f}-{ds.wave[-1]:.2f} Å), {int((~usable).sum())} unusable")
@@ -265,6 +271,8 @@ def cmd_train(args) -> int:
     if args.emulator == "cannon":
         print(f"  coefficients   {len(em.terms)} per pixel")
         what = "intrinsic pixel scatter"
+    elif args.emulator == "payne":
+        what = "model error from validation residuals"
     else:
         print(f"  median CV MSE  {np.median(np.asarray(em.cv_mse)):.4g} (standardised flux, exact LOO)")
         what = "model error from LOO CV"
@@ -589,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
     p.add_argument("--emulator", choices=_EMULATORS, default="kernel", help="emulator (default kernel)")
     p.add_argument("--order", type=_int_at_least(1), default=2, help="polynomial order (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (payne: initialisation and batches)")
     p.add_argument("--labels", type=_split_names, default=None, help="labels to train on, e.g. teff,logg,fe_h")
     p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")
     p.add_argument(

@@ -300,3 +300,12 @@ def test_prep_usage_errors(tmp_path, capsys):
     capsys.readouterr()
     assert main(["prep", "x.fits", "--out", str(tmp_path / "set.fits")]) == 2
     _one_error_line(capsys)
+
+
+def test_train_payne_option(small_data, tmp_path, capsys):
+    model = tmp_path / "payne.npz"
+    assert main(["train", str(small_data), "--out", str(model), "--emulator", "payne", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "PayneEmulator" in out and "validation residuals" in out
+    em = sj.load_emulator(model)
+    assert isinstance(em, sj.PayneEmulator) and em.label_names == ("teff", "logg", "fe_h")
