@@ -75,8 +75,13 @@ def fit_labels(
         init: ``"training"`` — evaluate the model at every training label vector,
             take the ``n_starts`` lowest-objective ones as starting points, run LM
             from each and keep the lowest final objective; or an array of starts in
-            physical units, [L], [N, L] or [N, S, L].
-        n_starts: number of starts for ``init="training"``.
+            physical units, [L], [N, L] or [N, S, L]; or a direct (discriminative) model
+            from :mod:`slamjax.direct` (anything with ``predict(flux, ivar) -> [N, L']`` and
+            ``label_names`` covering the emulator's labels): its prediction is the first start,
+            joined by the ``n_starts − 1`` best training label vectors (``n_starts=1``: the
+            prediction alone). Non-finite predictions (e.g. a spectrum with no good pixel)
+            start from the centre of the training labels.
+        n_starts: number of starts for ``init="training"`` (total starts with a direct model).
         prior: ``None``, a mapping ``{label: (mean, sigma)}``, or a pair
             ``(mean, sigma)`` of arrays broadcastable to [N, L] (``sigma = inf`` means
             no prior on that label). With a prior the labels are MAP estimates.
@@ -176,6 +181,11 @@ def fit_labels(
 
     prior_m, prior_p = _prior_arrays(prior, em.label_names, n, mean, scale)
 
+    direct_model = None
+    if hasattr(init, "predict") and hasattr(init, "label_names"):
+        direct_model, init = init, _direct_starts(init, flux, ivar, em)
+        if n_starts < 1:
+            raise ValueError("n_starts must be >= 1")
     if isinstance(init, str):
         if init != "training":
             raise ValueError(f"unknown init {init!r}; use 'training' or an array of labels")
@@ -201,10 +211,17 @@ def fit_labels(
             raise ValueError("init contains non-finite labels")
         starts = (starts - mean) / scale
         templates_z = None
+        if direct_model is not None and n_starts > 1:  # the direct start plus the best training labels
+            templates = np.asarray(space.train)
+            if templates.shape[0] > _MAX_TEMPLATES_GENERIC:
+                pick = np.random.default_rng(0).choice(templates.shape[0], _MAX_TEMPLATES_GENERIC, replace=False)
+                templates = templates[np.sort(pick)]
+            templates_z = (templates - mean) / scale
+            n_starts = min(n_starts - 1, templates.shape[0])
 
     em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, em)
     common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
-    if starts is None:
+    if templates_z is not None:
         common["templates"] = templates_z.astype(dtype)
     if chunk_size is None:
         chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
@@ -263,6 +280,23 @@ def fit_labels(
         label_names=em.label_names,
         **extra,
     )
+
+
+def _direct_starts(model, flux, ivar, em):
+    """Starting labels [N, L] (emulator order) predicted by a direct model."""
+    names = tuple(model.label_names)
+    missing = [n for n in em.label_names if n not in names]
+    if missing:
+        raise ValueError(f"init model predicts {list(names)}, not the emulator's labels {missing}")
+    pred = np.asarray(model.predict(flux, ivar), dtype=np.float64)
+    if pred.shape != (flux.shape[0], len(names)):
+        raise ValueError(f"init model returned shape {pred.shape}, expected ({flux.shape[0]}, {len(names)})")
+    pred = pred[:, [names.index(n) for n in em.label_names]]
+    bad = ~np.all(np.isfinite(pred), axis=1)
+    if bad.any():
+        logger.warning("fit_labels: %d direct-model predictions are not finite; start at the label mean", bad.sum())
+        pred[bad] = np.asarray(em.space.mean)
+    return pred
 
 
 def _nuisance_outputs(cat, nuis, n_lab, bad, scale):
@@ -428,9 +462,8 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
 
             return normal
 
-    if "starts" in args:
-        starts = args["starts"]
-    else:
+    starts = args.get("starts")
+    if "templates" in args:
         templates = args["templates"]
         prior_t = jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
         if isinstance(em, AbstractLinearEmulator):
@@ -445,7 +478,8 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
         # Rank in float32: XLA's CPU top_k sorts float64 (~40x slower); only the choice of
         # starting points depends on it.
         _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
-        starts = templates[idx]  # [B, S, L]
+        from_templates = templates[idx]  # [B, S, L]
+        starts = from_templates if starts is None else jnp.concatenate([starts, from_templates], axis=1)
 
     def fit_one(data, m, p, starts_1):
         normal = make_normal(data, m, p)
@@ -609,9 +643,9 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
     n_pix = jnp.sum(w > 0, axis=1)
 
     # Starting labels (and continuum scales).
-    if "starts" in args:
-        starts = args["starts"]  # [B, S, L] or, in phase 2, full parameter vectors [B, 1, D]
-    else:
+    starts = args.get("starts")  # [B, S, L] or, in phase 2, full parameter vectors [B, 1, D]
+    scale0 = None if starts is None else jnp.ones(starts.shape[:2] + (n_seg,), dtype)
+    if "templates" in args:
         templates = args["templates"]
         flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P] rest frame
         if rv_on:
@@ -623,16 +657,16 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
         obj_t = obj_t + jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
         obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
         _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
-        starts = templates[idx]  # [B, S, L]
-        scale0 = jnp.take_along_axis(scale_t, idx[:, :, None], axis=1)  # [B, S, n_seg]
+        scale_t = jnp.take_along_axis(scale_t, idx[:, :, None], axis=1)  # [B, S, n_seg]
+        starts = templates[idx] if starts is None else jnp.concatenate([starts, templates[idx]], axis=1)
+        scale0 = scale_t if scale0 is None else jnp.concatenate([scale0, scale_t], axis=1)
     if starts.shape[2] == n_lab:  # extend label starts with nuisance starts
         parts = [starts]
         if rv_on:
             parts.append(jnp.broadcast_to((v0 / _V_SCALE)[:, None, None], starts.shape[:2] + (1,)))
         if cont_on:
             c0 = jnp.zeros(starts.shape[:2] + (n_seg, degree + 1), dtype)
-            sc = scale0 if "starts" not in args else jnp.ones(starts.shape[:2] + (n_seg,), dtype)
-            c0 = c0.at[..., 0].set(sc)
+            c0 = c0.at[..., 0].set(scale0)
             parts.append(c0.reshape(starts.shape[:2] + (n_c,)))
         starts = jnp.concatenate(parts, axis=2).astype(dtype)
 
