@@ -19,6 +19,7 @@ import jax.numpy as jnp
 __all__ = ["levenberg_marquardt"]
 
 _LAMBDA0 = 1e-3
+SCREEN_STEPS = 2  # LM steps each multi-start start gets before only the best one continues
 _LAMBDA_MIN = 1e-9
 _LAMBDA_MAX = 1e10
 

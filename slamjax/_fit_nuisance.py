@@ -1,0 +1,251 @@
+"""Nuisance parameters in `fit_labels`: radial velocity and per-segment continuum (see `_nuisance`)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._lm import SCREEN_STEPS as _SCREEN_STEPS
+from ._lm import levenberg_marquardt
+from ._nuisance import _WINDOW_PIXELS, C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
+from ._result import Status
+
+# ------------------------------------------------------------ nuisance parameters
+_RV_TEMPLATES = 6  # label vectors whose shifted models make the radial-velocity grid
+_RV_GRID_STEP = 1.5  # grid step in pixel velocities (LM refines inside ±_WINDOW_PIXELS)
+_V_SCALE = 100.0  # the fit works with v / 100 km/s
+
+
+def _spread_subset(z, k):
+    """``k`` rows of ``z`` spread over its range (greedy farthest-point, deterministic)."""
+    if z.shape[0] <= k:
+        return np.arange(z.shape[0])
+    pick = [int(np.argmin(np.sum(z**2, axis=1)))]  # start nearest the centre
+    d = np.sum((z - z[pick[0]]) ** 2, axis=1)
+    while len(pick) < k:
+        j = int(np.argmax(d))
+        pick.append(j)
+        d = np.minimum(d, np.sum((z - z[j]) ** 2, axis=1))
+    return np.sort(np.asarray(pick))
+
+
+def _nuisance_setup(em, rv, continuum, dtype):
+    """Static config and arrays for fits with a Doppler shift and/or a continuum."""
+    segments = segments_of(np.asarray(em.wave))
+    arrays = Shifter.arrays(np.asarray(em.wave), segments)
+    degree = -1
+    if continuum is not None:
+        degree = int(continuum)
+        if degree < 0 or degree != continuum:
+            raise ValueError(f"continuum must be a polynomial degree >= 0, got {continuum!r}")
+        basis = chebyshev_basis(np.asarray(em.wave), segments, degree)
+    else:
+        basis = chebyshev_basis(np.asarray(em.wave), segments, 0)  # segment indicators
+    arrays["basis"] = basis.astype(dtype)
+    n_v = 0
+    if rv is not False and rv is not None:
+        bounds = (-500.0, 500.0) if rv is True else tuple(float(b) for b in rv)
+        if len(bounds) != 2 or not (bounds[0] < bounds[1]) or not np.all(np.isfinite(bounds)):
+            raise ValueError(f"rv must be True, False or finite bounds (lo, hi) in km/s, got {rv!r}")
+        if max(abs(bounds[0]), abs(bounds[1])) >= 0.1 * C_KMS:
+            raise ValueError("rv bounds must be within ±0.1 c")
+        step = _RV_GRID_STEP * pixel_velocity(em.wave)
+        vgrid = np.arange(bounds[0], bounds[1] + 0.5 * step, step)
+        n_v = vgrid.size
+        space = em.space
+        train = np.asarray(space.train)
+        pick = _spread_subset((train - np.asarray(space.mean)) / np.asarray(space.scale), _RV_TEMPLATES)
+        rest = np.asarray(em.predict(train[pick]))  # [K, P]
+        sh = Shifter(*(jnp.asarray(arrays[k]) for k in ("lnw", "seg_lo", "seg_hi")))
+        shifted = jax.jit(jax.vmap(jax.vmap(sh.shift, in_axes=(None, 0)), in_axes=(0, None)))(
+            jnp.asarray(rest), jnp.asarray(vgrid)
+        )
+        arrays["grid_models"] = np.asarray(shifted).reshape(-1, rest.shape[1]).astype(dtype)
+        arrays["vgrid"] = vgrid.astype(dtype)
+        arrays["grid_valid"] = np.asarray(sh.valid(bounds[0], bounds[1]))
+        arrays["v_bounds"] = np.asarray(bounds, dtype=dtype)
+    cfg = (n_v > 0, degree, segments, n_v, pixel_velocity(em.wave))
+    return cfg, arrays
+
+
+def _segment_chi2(f, w, models, segments, scaled):
+    """χ² [B, K] of data f, w [B, P] against models [K, P], optionally with the best scale per segment.
+
+    Returns (chi2, scale [B, K, S]). Segments partition the pixels, so the cost is that of one
+    unsegmented product.
+    """
+    total, scales = 0.0, []
+    for a, b in segments:
+        fs, ws, ms = f[:, a:b], w[:, a:b], models[:, a:b]
+        a1 = jnp.sum(ws * fs * fs, axis=1)[:, None]
+        a2 = (ws * fs) @ ms.T
+        a3 = ws @ (ms * ms).T
+        if scaled:
+            s = jnp.where(a3 > 0, a2 / jnp.where(a3 > 0, a3, 1.0), 1.0)
+            total = total + a1 - s * a2
+            scales.append(s)
+        else:
+            total = total + a1 - 2.0 * a2 + a3
+            scales.append(jnp.ones_like(a2))
+    return total, jnp.stack(scales, axis=2)
+
+
+@functools.partial(jax.jit, static_argnames=("nuis", "n_starts", "tol", "return_model"))
+def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
+    """Like :func:`_fit_chunk`, with parameters x = [z (L), v/100 km/s (if rv), continuum (S·(n+1))]."""
+    rv_on, degree, segments, n_v, v_pix = nuis
+    flux, ivar = args["flux"], args["ivar"]
+    dtype = flux.dtype
+    s2 = em.pixel_variance
+    good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
+    w = jnp.where(good, ivar / (1.0 + jnp.where(good, ivar * s2[None, :], 0.0)), 0.0)
+    f = jnp.where(good, flux, 0.0)
+    space = em.space
+    n_lab = space.mean.shape[0]
+    sh = Shifter(args["lnw"], args["seg_lo"], args["seg_hi"])
+    basis = args["basis"]
+    n_seg = len(segments)
+    cont_on = degree >= 0
+    n_c = basis.shape[1] if cont_on else 0
+    n_par = n_lab + int(rv_on) + n_c
+    pm, pp = args["prior_m"], args["prior_p"]
+    batch = flux.shape[0]
+
+    # Starting velocity: grid search over a few shifted models (per-segment scale if continuum).
+    if rv_on:
+        if "v0" in args:
+            v0 = args["v0"]
+        else:
+            wg = w * args["grid_valid"][None, :]
+            chi_g, _ = _segment_chi2(f, wg, args["grid_models"], segments, cont_on)
+            best = jnp.argmin(jnp.where(jnp.isfinite(chi_g), chi_g, jnp.inf), axis=1)
+            v0 = args["vgrid"][best % n_v]
+        half = _WINDOW_PIXELS * v_pix
+        vb = args["v_bounds"]
+        v_lo = jnp.maximum(v0 - half, vb[0])
+        v_hi = jnp.minimum(v0 + half, vb[1])
+        valid = jax.vmap(sh.valid)(v_lo, v_hi)
+        w = jnp.where(valid, w, 0.0)
+    else:
+        v0 = jnp.zeros(batch, dtype)
+        v_lo = v_hi = v0
+    n_pix = jnp.sum(w > 0, axis=1)
+
+    # Starting labels (and continuum scales).
+    starts = args.get("starts")  # [B, S, L] or, in phase 2, full parameter vectors [B, 1, D]
+    scale0 = None if starts is None else jnp.ones(starts.shape[:2] + (n_seg,), dtype)
+    if "templates" in args:
+        templates = args["templates"]
+        flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P] rest frame
+        if rv_on:
+            f_r = jax.vmap(sh.nearest)(f, v0)
+            w_r = jax.vmap(sh.nearest)(w, v0)
+        else:
+            f_r, w_r = f, w
+        obj_t, scale_t = _segment_chi2(f_r, w_r, flux_t, segments, cont_on)
+        obj_t = obj_t + jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
+        obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
+        _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
+        scale_t = jnp.take_along_axis(scale_t, idx[:, :, None], axis=1)  # [B, S, n_seg]
+        starts = templates[idx] if starts is None else jnp.concatenate([starts, templates[idx]], axis=1)
+        scale0 = scale_t if scale0 is None else jnp.concatenate([scale0, scale_t], axis=1)
+    if starts.shape[2] == n_lab:  # extend label starts with nuisance starts
+        parts = [starts]
+        if rv_on:
+            parts.append(jnp.broadcast_to((v0 / _V_SCALE)[:, None, None], starts.shape[:2] + (1,)))
+        if cont_on:
+            c0 = jnp.zeros(starts.shape[:2] + (n_seg, degree + 1), dtype)
+            c0 = c0.at[..., 0].set(scale0)
+            parts.append(c0.reshape(starts.shape[:2] + (n_c,)))
+        starts = jnp.concatenate(parts, axis=2).astype(dtype)
+
+    inf = jnp.full((batch, n_c), jnp.inf, dtype)
+    lo_parts = [jnp.broadcast_to(args["lo"], (batch, n_lab))]
+    hi_parts = [jnp.broadcast_to(args["hi"], (batch, n_lab))]
+    if rv_on:
+        lo_parts.append((v_lo / _V_SCALE)[:, None].astype(dtype))
+        hi_parts.append((v_hi / _V_SCALE)[:, None].astype(dtype))
+    lo = jnp.concatenate([*lo_parts, -inf], axis=1)
+    hi = jnp.concatenate([*hi_parts, inf], axis=1)
+    pad = jnp.zeros((batch, n_par - n_lab), dtype)
+    pm_x = jnp.concatenate([pm, pad], axis=1)
+    pp_x = jnp.concatenate([pp, pad], axis=1)
+
+    def predict(x):
+        """Model on the data pixels [P] and its Jacobian [P, D] at parameters x."""
+        z = x[:n_lab]
+        model, jac = em.flux_and_jacobian(space.physical(z))
+        jz = jac * space.scale[None, :]
+        cols = []
+        if rv_on:
+            v = x[n_lab] * _V_SCALE
+            model, dmodel = jax.jvp(lambda vv: sh.shift(model, vv), (v,), (jnp.ones_like(v),))
+            jz = sh.shift(jz, v)
+            cols.append(dmodel[:, None] * _V_SCALE)
+        if cont_on:
+            cont = basis @ x[n_lab + int(rv_on) :]
+            jac_c = model[:, None] * basis
+            jz = jz * cont[:, None]
+            cols = [c * cont[:, None] for c in cols] + [jac_c]
+            model = model * cont
+        return model, jnp.concatenate([jz, *cols], axis=1)
+
+    def fit_one(f1, w1, m, p, starts_1, lo1, hi1):
+        def normal(x):
+            model, jac = predict(x)
+            r = f1 - model
+            obj = jnp.sum(w1 * r * r) + jnp.sum(p * (x - m) ** 2)
+            g = -jac.T @ (w1 * r) + p * (x - m)
+            h = jac.T @ (w1[:, None] * jac) + jnp.diag(p)
+            return obj, g, h
+
+        budget = args["max_steps"]
+        if starts_1.shape[0] > 1:
+
+            def screen(x0):
+                return levenberg_marquardt(normal, x0, lo1, hi1, max_steps=_SCREEN_STEPS, tol=tol)
+
+            xs, objs, _, ks, _, _ = jax.vmap(screen)(starts_1)
+            best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+            x0, k0 = xs[best], ks[best]
+        else:
+            x0, k0 = starts_1[0], jnp.zeros((), jnp.int32)
+        x, _, _, k, conv, _ = levenberg_marquardt(normal, x0, lo1, hi1, max_steps=budget - k0, tol=tol)
+        _, _, h = normal(x)
+        model, _ = predict(x)
+        return x, h, k0 + k, conv, model
+
+    x, h, k, conv, model = jax.vmap(fit_one)(f, w, pm_x, pp_x, starts, lo, hi)
+    cov_x = jnp.linalg.inv(h)
+    chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
+
+    bounded = jnp.isfinite(lo[0]) & jnp.isfinite(hi[0])
+    tiny = 1e-6 * jnp.where(bounded[None, :], hi - lo, 0.0)
+    edge = ((x <= lo + tiny) | (x >= hi - tiny)) & bounded[None, :]
+    at_bound = jnp.any(edge, axis=1)
+    finite = (
+        jnp.all(jnp.isfinite(x), axis=1)
+        & jnp.isfinite(chi2)
+        & jnp.all(jnp.isfinite(cov_x), axis=(1, 2))
+        & jnp.all(jnp.diagonal(cov_x, axis1=1, axis2=2) > 0, axis=1)
+    )
+    status = jnp.where(conv, int(Status.CONVERGED), int(Status.MAX_STEPS))
+    status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
+    status = jnp.where(finite, status, int(Status.NON_FINITE))
+    status = jnp.where(n_pix < n_par + 1, int(Status.BAD_INPUT), status)
+    out = dict(
+        z=x[:, :n_lab],
+        cov_z=cov_x[:, :n_lab, :n_lab],
+        x=x,
+        cov_x=cov_x,
+        v0=v0,
+        chi2=chi2,
+        n_pixels=n_pix,
+        n_steps=k,
+        status=status,
+        converged=conv,
+    )
+    return out | {"model": model} if return_model else out
