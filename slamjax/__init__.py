@@ -14,6 +14,7 @@ from . import diagnostics as diagnostics  # noqa: E402
 from . import direct as direct  # noqa: E402
 from . import io as io  # noqa: E402
 from . import validate as validate  # noqa: E402
+from ._diagnose import diagnose as diagnose  # noqa: E402
 from ._fit import fit_labels as fit_labels  # noqa: E402
 from ._result import FitResult as FitResult  # noqa: E402
 from ._result import Status as Status  # noqa: E402

@@ -59,6 +59,7 @@ def fit_labels(
     return_model: bool = True,
     rv=False,
     continuum: int | None = None,
+    systematics: bool = True,
 ) -> FitResult:
     """Fit labels to spectra: MAP labels, covariances, χ² and a status per spectrum.
 
@@ -117,6 +118,11 @@ def fit_labels(
             ``cov`` of the labels is marginalised over the nuisance parameters, and the
             result carries ``rv``, ``rv_err``, ``continuum``, ``continuum_err`` and the full
             covariance ``cov_full`` (order: labels, rv, continuum coefficients).
+        systematics: add the emulator's systematic label covariance at the fitted labels
+            (``em.space.systematics``, if it has one; see
+            :func:`slamjax.validate.label_systematics`) to the formal covariance, in ``cov``,
+            ``labels_err`` and the label block of ``cov_full``.
+            ``False``: formal covariance only (noise and per-pixel model variance).
 
     Returns:
         :class:`slamjax.FitResult`.
@@ -267,6 +273,11 @@ def fit_labels(
     extra = {}
     if nuis is not None:
         extra = _nuisance_outputs(cat, nuis, n_lab, bad, scale)
+    if systematics and space.systematics is not None:
+        sys_cov = space.systematics.cov(labels)  # [N, L, L] at each fitted point; NaN for bad rows
+        cov = cov + sys_cov
+        if "cov_full" in extra:
+            extra["cov_full"][:, :n_lab, :n_lab] += sys_cov  # rv and continuum errors unchanged
     return FitResult(
         labels=labels,
         cov=cov,

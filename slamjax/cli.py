@@ -1,4 +1,4 @@
-"""The ``slamjax`` command line: ``demo``, ``train``, ``fit``, ``info`` and ``prep``.
+"""The ``slamjax`` command line: ``demo``, ``train``, ``fit``, ``info``, ``prep`` and ``diagnose``.
 
 ``main(argv)`` returns the exit status and never raises ``SystemExit`` itself: 0 on
 success, 1 for a runtime error (missing or unreadable file, bad data), 2 for a usage
@@ -77,6 +77,34 @@ def _split_names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"no label names in {text!r}")
     return names
+
+
+def _parse_emulators(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"no emulator names in {text!r}")
+    unknown = [s for s in names if s not in _EMULATORS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown emulator(s) {', '.join(unknown)}; choose from {', '.join(_EMULATORS)}"
+        )
+    return names
+
+
+def _parse_snr(text: str) -> tuple[float, ...]:
+    """``"10,20,40,80"``; an empty string means no S/N ladder."""
+    values = []
+    for part in (s.strip() for s in text.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid S/N value {part!r} in {text!r}") from None
+        if not (np.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"S/N values must be finite and > 0, got {part!r}")
+        values.append(value)
+    return tuple(values)
 
 
 def parse_selection(text: str) -> list[tuple[str, str, float]]:
@@ -319,6 +347,80 @@ def cmd_fit(args) -> int:
         print(f"versus the labels in {args.data} (fitted - file; Teff in K, others in dex):")
         _print_stats(stats, common)
     print(f"catalog written to {out}")
+    return 0
+
+
+class _StepLog:
+    """Shows the INFO progress lines of ``slamjax._diagnose`` on stdout while a command runs."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("slamjax._diagnose")
+        self.handler = logging.StreamHandler(sys.stdout)
+        self.handler.setFormatter(logging.Formatter("  %(message)s"))
+        self.saved = (self.logger.level, self.logger.propagate)
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.saved[0])
+        self.logger.propagate = self.saved[1]
+        return False
+
+
+def cmd_diagnose(args) -> int:
+    import slamjax as sj
+
+    from . import _diagnose
+
+    out = _diagnose.check_out_dir(args.out, args.overwrite)  # before any work
+    try:
+        _plot._require_matplotlib()
+    except ImportError as err:  # the plots are the point of this command: no partial run without them
+        _error(err)
+        return 1
+    terms = parse_selection(args.select) if args.select is not None else None
+    if args.data is None:
+        ds = sj.data.load_sample()
+        what = "the bundled MILES FGK sample"
+    else:
+        ds = _load_spectra(args.data, args.flux_key)
+        what = str(args.data)
+        if ds.labels is None:
+            raise ValueError(f"{args.data} has no labels; diagnose needs labelled spectra")
+    if terms is not None:
+        n_all = ds.n_spectra
+        ds = apply_selection(ds, terms)
+        what += f", {ds.n_spectra} of {n_all} selected ({args.select})"
+    if args.k > ds.n_spectra:
+        raise UsageError(f"--k must be between 2 and the number of stars ({ds.n_spectra}), got {args.k}")
+    dtype = np.float32 if args.float32 else None
+    print(
+        f"slamjax {__version__} diagnose: {what}: {ds.n_spectra} stars, {ds.n_pixels} pixels, "
+        f"labels {', '.join(ds.label_names)}"
+    )
+    print(
+        f"  emulators {', '.join(args.emulators)}; {args.k}-fold CV; "
+        f"S/N ladder {', '.join(f'{v:g}' for v in args.snr) if args.snr else 'none'}; seed {args.seed}"
+    )
+    t0 = time.perf_counter()
+    with _StepLog():
+        path = _diagnose.diagnose(
+            ds,
+            out,
+            emulators=args.emulators,
+            k=args.k,
+            snr=args.snr,
+            seed=args.seed,
+            n_starts=args.n_starts,
+            dtype=dtype,
+            cod=args.cod,
+            overwrite=args.overwrite,
+        )
+    files = sorted(p.name for p in out.glob("*.png"))
+    print(f"wrote {path} and {', '.join(files)} in {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -674,6 +776,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_prep)
+
+    p = sub.add_parser(
+        "diagnose",
+        help="validation plots and a markdown summary for emulators on labelled spectra",
+        description=(
+            "k-fold cross-validation and an S/N ladder per emulator, per-pixel leave-one-out CV MSE (kernel vs "
+            "Cannon) and coefficients of dependence: writes PNG plots and summary.md into --out. Without DATA.npz "
+            "it uses the bundled MILES FGK sample. Needs matplotlib."
+        ),
+    )
+    p.add_argument(
+        "data", nargs="?", default=None, metavar="DATA.npz", help="labelled spectra (default: the bundled sample)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.add_argument(
+        "--emulators",
+        type=_parse_emulators,
+        default=("kernel", "cannon"),
+        metavar="NAMES",
+        help=f"comma-separated, from {', '.join(_EMULATORS)} (default kernel,cannon)",
+    )
+    p.add_argument("--k", type=_int_at_least(2), default=5, help="number of folds (default 5)")
+    p.add_argument(
+        "--snr",
+        type=_parse_snr,
+        default=(10.0, 20.0, 40.0, 80.0),
+        metavar="S1,S2,...",
+        help="S/N ladder rungs (default 10,20,40,80; '' for none; >= 3 values for the error model)",
+    )
+    p.add_argument(
+        "--select", default=None, metavar="EXPR", help="keep stars matching e.g. 'teff>4000,teff<7000' (comma = and)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds, the added noise and the Payne (default 0)")
+    p.add_argument("--n-starts", type=_int_at_least(1), default=3, help="starting points per spectrum (default 3)")
+    p.add_argument("--float32", action="store_true", help="fit in float32 (default: the dtype of the flux)")
+    p.add_argument(
+        "--cod",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compute the coefficients of dependence (L + 1 trainings on all stars; default: yes)",
+    )
+    p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out directory")
+    p.set_defaults(func=cmd_diagnose)
     return parser
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cod_spectrum", "cv_mse_spectra", "label_unit", "one_to_one"]
+__all__ = ["cod_spectrum", "cv_mse_spectra", "label_unit", "one_to_one", "scatter_vs_snr"]
 
 _PRETTY = {"teff": r"$T_\mathrm{eff}$", "logg": r"$\log g$", "fe_h": "[Fe/H]"}
 _INSTALL_HINT = 'install it with `pip install matplotlib` (or `pip install -e ".[plot]"` in a slamjax checkout)'
@@ -186,4 +186,88 @@ def cv_mse_spectra(wave, mse: dict, path) -> Path:
     ax.legend(loc="upper right", fontsize=8)
     path = Path(path)
     fig.savefig(path, dpi=120)
+    return path
+
+
+def scatter_vs_snr(snr, scatter: dict, label_names, path, bias: dict | None = None, models: dict | None = None) -> Path:
+    """Label scatter (and bias) versus S/N, one panel per label, one line per emulator; saved as a PNG.
+
+    Arguments:
+        snr: the S/N values [K] (e.g. the rungs of :func:`slamjax.validate.snr_ladder`).
+        scatter: ``{name: [K, L]}`` scatter (std of fitted − true) per S/N and label, one entry
+            per emulator (physical units: Teff in K).
+        label_names: the L label names.
+        path: output file (PNG; the format follows the extension).
+        bias: optional ``{name: [K, L]}`` bias (mean of fitted − true); drawn in a second row
+            of panels, with the zero line.
+        models: optional ``{name: callable}`` mapping S/N [M] to σ [M, L], e.g. the
+            :class:`slamjax.diagnostics.ErrorModel` of ``LadderResult.error_model()``; drawn as
+            dotted curves over the measured scatter in the colour of that emulator.
+
+    The S/N axis is logarithmic, with a tick at every S/N value.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+        ValueError: on inconsistent shapes or non-positive S/N.
+    """
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    snr = np.asarray(snr, dtype=np.float64).reshape(-1)
+    names = [str(s) for s in label_names]
+    if snr.size == 0 or not np.all(np.isfinite(snr) & (snr > 0)):
+        raise ValueError(f"snr must be finite and > 0 with at least one value, got {snr}")
+    if not scatter:
+        raise ValueError("scatter has no entries")
+
+    def checked(what, table):
+        out = {}
+        for key, values in table.items():
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (snr.size, len(names)):
+                raise ValueError(f"{what}[{key!r}] must be [K={snr.size}, L={len(names)}], got {values.shape}")
+            out[key] = values
+        return out
+
+    scatter = checked("scatter", scatter)
+    bias = checked("bias", bias) if bias is not None else None
+    colours = {key: f"C{i}" for i, key in enumerate(scatter)}
+    order = np.argsort(snr)
+    grid = np.geomspace(snr.min(), snr.max(), 100) if snr.size > 1 else snr
+    n_rows = 1 if bias is None else 2
+    n_lab = len(names)
+    fig = Figure(figsize=(4.3 * n_lab, 3.4 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_lab, squeeze=False, sharex=True)
+    for j, name in enumerate(names):
+        unit = label_unit(name)
+        suffix = f" [{unit}]" if unit else ""
+        pretty = _PRETTY.get(name, name)
+        ax = axes[0, j]
+        for key, values in scatter.items():
+            ax.plot(snr[order], values[order, j], "o-", color=colours[key], ms=4, lw=1.2, label=key)
+            if models is not None and key in models and snr.size > 1:
+                curve = np.asarray(models[key](grid), dtype=np.float64)[:, j]
+                ax.plot(grid, curve, ":", color=colours[key], lw=1.0, label=f"{key}: a·exp(−b·S/N) + c")
+        ax.set_title(pretty, fontsize=10)
+        ax.set_ylabel(f"scatter{suffix}")
+        ax.set_ylim(bottom=0)
+        if j == 0:
+            ax.legend(loc="best", fontsize=8)
+        if bias is not None:
+            ax = axes[1, j]
+            ax.axhline(0.0, color="k", lw=0.8, ls="--")
+            for key, values in bias.items():
+                ax.plot(snr[order], values[order, j], "s-", color=colours.get(key, "0.4"), ms=4, lw=1.2, label=key)
+            ax.set_ylabel(f"bias{suffix}")
+        for ax in axes[:, j]:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(snr[order], labels=[f"{s:g}" for s in snr[order]])
+        axes[-1, j].set_xlabel("S/N per pixel")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
     return path

@@ -6,12 +6,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._fit import fit_labels
 from ._result import FitResult
 from ._spectra import SpectrumSet
-from .emulators import CannonEmulator, KernelEmulator, PayneEmulator
+from .emulators import CannonEmulator, KernelEmulator, LabelSystematics, PayneEmulator
 
 __all__ = [
     "CVResult",
@@ -21,6 +22,7 @@ __all__ = [
     "cross_validate",
     "degrade",
     "kfold_indices",
+    "label_systematics",
     "reject_outliers",
     "snr_ladder",
     "training_spread",
@@ -113,6 +115,58 @@ def cross_validate(
     )
     true = np.stack([ds.label(n) for n in result.label_names], axis=1)
     return CVResult(result, true, fold, result.label_names, t_train, t_fit, {"emulator": emulator, "k": k})
+
+
+def label_systematics(em, ds: SpectrumSet, *, snr: float | None = None, k: int = 30, **fit_kwargs) -> LabelSystematics:
+    """The emulator's systematic label errors, measured on held-out spectra of known labels.
+
+    Fits ``ds`` (spectra the emulator was not trained on) with formal errors only; with
+    d_n = fitted − true labels over the converged fits, the excess second moment per spectrum is
+
+    * noisy spectra (``snr=None``): E_n = d_n d_nᵀ − C_n, C_n the formal covariance (the part
+      of the scatter the noise explains);
+    * noise-free spectra (``snr`` given): they are fitted with weights of that S/N (ivar =
+      snr² on the good pixels of ``ds``; the flux is left noise-free) and E_n = d_n d_nᵀ.
+      For an emulator error δf the label error (JᵀWJ)⁻¹JᵀWδf does not depend on the overall
+      noise level, only on the relative weights, so any S/N at which the noise exceeds the
+      model variance gives the same answer. Fitting noise-free spectra with their own (huge)
+      ivar would instead weight pixels by the inverse model variance, unlike real spectra.
+
+    The systematic covariance at labels x is the mean of E_n over the ``k`` held-out spectra
+    nearest to x in label space (see :class:`slamjax.emulators.LabelSystematics`; ``k`` =
+    number of spectra: one global matrix). The raw second moment keeps mean offsets. Attach
+    it with ``em.with_systematics(...)``: :func:`slamjax.fit_labels` then adds it to the
+    formal covariance of every fit. It describes spectra like ``ds`` (label range, pixel mask).
+
+    Raises:
+        ValueError: if ``ds`` lacks the emulator's labels, ``snr <= 0``, or fewer than 2 fits
+            converge.
+    """
+    if ds.labels is None:
+        raise ValueError("label_systematics needs spectra with known labels")
+    missing = [n for n in em.label_names if n not in ds.label_names]
+    if missing:
+        raise ValueError(f"held-out spectra lack labels {missing}")
+    ivar = ds.ivar
+    if snr is not None:
+        if not snr > 0:
+            raise ValueError(f"snr must be > 0, got {snr}")
+        ivar = np.where(ds.ivar > 0, float(snr) ** 2, 0.0)
+    res = fit_labels(em, ds.flux, ivar, systematics=False, return_model=False, **fit_kwargs)
+    true = np.stack([ds.label(n) for n in em.label_names], axis=1)
+    ok = (res.status == 0) & np.all(np.isfinite(true), axis=1)
+    if ok.sum() < 2:
+        raise ValueError(f"only {int(ok.sum())} of {ds.n_spectra} held-out fits converged; cannot estimate")
+    d = res.labels[ok] - true[ok]
+    excess = d[:, :, None] * d[:, None, :]
+    if snr is None:
+        excess = excess - res.cov[ok]
+    return LabelSystematics(
+        points=jnp.asarray(true[ok]),
+        excess=jnp.asarray(excess),
+        scale=jnp.asarray(np.asarray(em.space.scale)),
+        k=int(min(k, ok.sum())),
+    )
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from ._base import AbstractEmulator as AbstractEmulator
 from ._base import AbstractLinearEmulator as AbstractLinearEmulator
 from ._base import LabelSpace as LabelSpace
+from ._base import LabelSystematics as LabelSystematics
 from ._base import load_emulator as load_emulator
 from ._base import read_header as read_header
 from ._cannon import CannonEmulator as CannonEmulator

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float
 
 from .._version import __version__
 
-__all__ = ["AbstractEmulator", "AbstractLinearEmulator", "LabelSpace", "load_emulator"]
+__all__ = ["AbstractEmulator", "AbstractLinearEmulator", "LabelSpace", "LabelSystematics", "load_emulator"]
 
 FORMAT_NAME = "slamjax-emulator"
 FORMAT_VERSION = 1
@@ -28,6 +28,13 @@ class LabelSpace(eqx.Module):
     ``z = (labels - mean) / scale`` is what emulators see; ``lo``/``hi`` are the
     per-label minimum and maximum of the training labels (physical units) and
     ``train`` the training labels themselves (used for multi-start initial guesses).
+
+    ``systematics`` (optional, a :class:`LabelSystematics`) describes the emulator's
+    systematic label errors measured on held-out spectra of known labels
+    (:func:`slamjax.validate.label_systematics`). Emulator errors are correlated across
+    pixels, so they bias the labels of a spectrum coherently; the formal covariance (noise
+    and per-pixel model variance only) cannot show that, and at high S/N it dominates.
+    :func:`slamjax.fit_labels` adds it to the formal covariance.
     """
 
     names: tuple[str, ...] = eqx.field(static=True)
@@ -36,6 +43,7 @@ class LabelSpace(eqx.Module):
     lo: Float[Array, " L"]
     hi: Float[Array, " L"]
     train: Float[Array, "K L"]
+    systematics: LabelSystematics | None = None
 
     @classmethod
     def from_labels(cls, labels, names) -> LabelSpace:
@@ -58,6 +66,58 @@ class LabelSpace(eqx.Module):
 
     def physical(self, z):
         return z * self.scale + self.mean
+
+
+class LabelSystematics(eqx.Module):
+    """Systematic label errors of an emulator, measured on V held-out spectra of known labels.
+
+    ``points`` [V, L] are their true labels (physical units) and ``excess`` [V, L, L] the
+    per-spectrum second moment of the label error not explained by the formal covariance,
+    d dᵀ − C (d = fitted − true). The systematic covariance at labels x is the mean excess
+    of the ``k`` held-out spectra nearest to x (Euclidean in labels divided by ``scale``),
+    projected onto the positive semi-definite matrices: emulators are usually worse in some
+    corners of label space (e.g. cool dwarfs) than in the bulk, and one global matrix would
+    overstate the errors of most stars and understate those of the few.
+    """
+
+    points: Float[Array, "V L"]
+    excess: Float[Array, "V L L"]
+    scale: Float[Array, " L"]
+    k: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        v, n_lab = self.points.shape
+        if self.excess.shape != (v, n_lab, n_lab) or self.scale.shape != (n_lab,):
+            raise ValueError("LabelSystematics: points [V, L], excess [V, L, L] and scale [L] do not match")
+        if not 1 <= self.k <= v:
+            raise ValueError(f"LabelSystematics: k must be in 1..{v}, got {self.k}")
+
+    def global_cov(self) -> np.ndarray:
+        """The average systematic covariance [L, L] over all held-out spectra."""
+        return _psd(np.asarray(self.excess).mean(axis=0))
+
+    def cov(self, labels, chunk: int = 4096) -> np.ndarray:
+        """Systematic covariance [N, L, L] at labels [N, L] (physical units; NaN rows give NaN)."""
+        labels = np.atleast_2d(np.asarray(labels, dtype=np.float64))
+        pts = np.asarray(self.points) / np.asarray(self.scale)
+        exc = np.asarray(self.excess)
+        out = np.full((labels.shape[0],) + exc.shape[1:], np.nan)
+        ok = np.all(np.isfinite(labels), axis=1)
+        idx_ok = np.flatnonzero(ok)
+        for i0 in range(0, idx_ok.size, chunk):
+            rows = idx_ok[i0 : i0 + chunk]
+            x = labels[rows] / np.asarray(self.scale)
+            d2 = np.sum(x * x, axis=1)[:, None] - 2.0 * x @ pts.T + np.sum(pts * pts, axis=1)[None, :]
+            near = np.argpartition(d2, self.k - 1, axis=1)[:, : self.k]
+            out[rows] = _psd(exc[near].mean(axis=1))
+        return out
+
+
+def _psd(c):
+    """Symmetric positive semi-definite part of (a stack of) square matrices."""
+    c = 0.5 * (c + np.swapaxes(c, -1, -2))
+    evals, evecs = np.linalg.eigh(c)
+    return (evecs * np.maximum(evals, 0.0)[..., None, :]) @ np.swapaxes(evecs, -1, -2)
 
 
 def training_labels(ds, label_names=None) -> tuple[tuple[str, ...], np.ndarray]:
@@ -120,6 +180,20 @@ class AbstractEmulator(eqx.Module):
         """Write the emulator to ``path`` (an ``.npz`` with a JSON header; no pickle)."""
         return _save(self, path)
 
+    def with_systematics(self, systematics) -> AbstractEmulator:
+        """A copy whose fits add the systematic label covariance described by
+        ``systematics`` (a :class:`LabelSystematics` from
+        :func:`slamjax.validate.label_systematics`; ``None`` removes it) to their formal
+        covariance."""
+        if systematics is not None:
+            if not isinstance(systematics, LabelSystematics):
+                raise TypeError(f"systematics must be a LabelSystematics or None, got {type(systematics).__name__}")
+            if systematics.points.shape[1] != self.n_labels:
+                raise ValueError(
+                    f"systematics are for {systematics.points.shape[1]} labels, the emulator has {self.n_labels}"
+                )
+        return _replace_systematics(self, systematics)
+
 
 class AbstractLinearEmulator(AbstractEmulator):
     """An emulator linear in a small feature vector: ``flux = design @ features(z)``.
@@ -137,6 +211,17 @@ class AbstractLinearEmulator(AbstractEmulator):
 
     def __call__(self, labels):
         return self.design @ self.features(self.space.standardise(labels))
+
+
+def _replace_systematics(em, cov):
+    # Wrappers (e.g. ContinuumNormalized) share the inner emulator's LabelSpace: set it everywhere.
+    def is_space(x):
+        return isinstance(x, LabelSpace)
+
+    def swap(x):
+        return dataclasses.replace(x, systematics=cov) if is_space(x) else x
+
+    return jax.tree.map(swap, em, is_leaf=is_space)
 
 
 @eqx.filter_jit
@@ -274,6 +359,8 @@ def _build(cls, values: dict, prefix: str = ""):
             while f"{key}.{n}" in values:
                 n += 1
             kwargs[f.name] = tuple(jnp.asarray(values[f"{key}.{i}"]) for i in range(n))
+        elif f.default is not dataclasses.MISSING and not any(k.startswith(key + ".") for k in values):
+            continue  # an optional field absent from the file (e.g. written before it existed): its default
         else:
             sub = _field_type(cls, f.name, values.get(f"{key}.{_CLASS_KEY}"))
             kwargs[f.name] = _build(sub, values, key + ".")
@@ -300,4 +387,6 @@ def _field_type(cls, name, emulator_class=None):
         return _REGISTRY[emulator_class]
     if name == "space":
         return LabelSpace
+    if name == "systematics":
+        return LabelSystematics
     raise ValueError(f"model file lacks field {name!r} of {cls.__name__}")

@@ -8,7 +8,10 @@ and every pixel at once,
     α = Q diag(1/(Λ + λ)) Qᵀ y,      residual y − Kα = λ α,      H_ii = Σ_k Q_ik² Λ_k/(Λ_k + λ),
 
 and the exact leave-one-out residual e_i = λ α_i / (1 − H_ii). Each pixel keeps the (γ, λ) of
-lowest LOO MSE. Its model variance (used by ``fit_labels``) is the LOO MSE in flux² units.
+lowest LOO MSE. Its model variance (used by ``fit_labels``) is the LOO MSE in flux² units minus
+the mean noise variance of the training fluxes at that pixel (floored at 0): a held-out residual
+is model error plus the held-out star's own noise, E e² = s² + mean(1/ivar), and only s² belongs
+to the model (counting the training noise again would make error bars too large at high S/N).
 
 Bad training pixels (ivar = 0) get zero weight by imputation: they are first set to the pixel's
 mean, then replaced by the selected model's fitted value and the selection is repeated
@@ -63,7 +66,8 @@ class KernelEmulator(AbstractEmulator):
     Attributes:
         space: label names, standardisation and training box.
         wave: wavelength grid [P].
-        pixel_variance: LOO CV MSE in flux² units [P] (``inf`` for unusable pixels).
+        pixel_variance: model variance s² [P] in flux² units: CV MSE minus the mean training
+            noise variance, floored at 0 (``inf`` for unusable pixels).
         x_train: standardised labels of the kernel centres [m, L]: all training stars, or the
             ``n_inducing`` inducing stars.
         coef: α [m, P] in standardised-flux units, pixel columns ordered by γ group.
@@ -215,7 +219,9 @@ class KernelEmulator(AbstractEmulator):
             if idx.size:
                 groups.append((int(idx[0]), int(idx[-1]) + 1))
                 gam_used.append(gammas[g])
-        pixel_var = sel["mse"] * scale**2
+        # CV residual² = model error² + the held-out star's noise²: keep the model part only.
+        noise_var = np.where(good, 1.0 / np.where(good, ds.ivar, 1.0), 0.0).sum(axis=0) / np.maximum(n_good, 1)
+        pixel_var = np.maximum(sel["mse"] * scale**2 - noise_var, 0.0)
         pixel_var = np.where(usable, pixel_var, np.inf)
         if not usable.all():
             logger.warning(

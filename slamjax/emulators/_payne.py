@@ -305,6 +305,7 @@ class PayneEmulator(AbstractEmulator):
         dtype=np.float32,
         progress: bool = False,
         log_every: int = 50,
+        systematics: bool = True,
     ) -> PayneEmulator:
         """Train a Payne network on a labelled :class:`SpectrumSet`.
 
@@ -332,6 +333,13 @@ class PayneEmulator(AbstractEmulator):
                 as float64 arrays).
             progress: show a tqdm progress bar (if tqdm is installed).
             log_every: log losses (``logging`` INFO) every this many epochs.
+            systematics: fit the validation spectra and attach the systematic label
+                covariance (:func:`slamjax.validate.label_systematics`, needs at least 2
+                converged fits) that :func:`slamjax.fit_labels` adds to the formal errors.
+                The network's flux errors are correlated across pixels, so at high S/N they
+                bias labels by more than the formal errors; without this term pulls grow with
+                S/N. The validation set also chose the early-stopping epoch, so the estimate
+                is slightly optimistic.
 
         Returns:
             the trained :class:`PayneEmulator`.
@@ -478,7 +486,27 @@ class PayneEmulator(AbstractEmulator):
         s2 = np.where(unusable, np.inf, s2)
         if unusable.any():
             logger.warning("PayneEmulator: %d pixels have no good training data; given zero weight", unusable.sum())
-        return eqx.tree_at(lambda e: e.pixel_variance, em, jnp.asarray(s2))
+        em = eqx.tree_at(lambda e: e.pixel_variance, em, jnp.asarray(s2))
+        if systematics:
+            from ..validate import label_systematics
+
+            val = ds[i_val]
+            # Noise-free training spectra (noise below the loss floor ε): fit them with the
+            # weights of S/N 1/ε instead of their own huge ivar (see label_systematics).
+            var_val = 1.0 / ivar[i_val][g_val] if g_val.any() else np.array([np.inf])
+            snr = 1.0 / noise_floor if np.median(var_val) < (0.1 * noise_floor) ** 2 else None
+            try:
+                sys_err = label_systematics(em, val, snr=snr)
+            except ValueError as err:
+                logger.warning("PayneEmulator: no systematic label covariance (%s)", err)
+            else:
+                em = em.with_systematics(sys_err)
+                logger.info(
+                    "PayneEmulator: systematic label errors (rms over %d validation spectra) %s",
+                    val.n_spectra,
+                    np.sqrt(np.diag(sys_err.global_cov())).round(4).tolist(),
+                )
+        return em
 
 
 # ---------------------------------------------------------------------- training internals

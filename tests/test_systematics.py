@@ -1,0 +1,119 @@
+"""Systematic label errors of emulators: LabelSystematics, label_systematics, fit_labels(systematics=...)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import slamjax as sj
+from slamjax.emulators import LabelSystematics
+
+NAMES = ("teff", "logg", "fe_h")
+LO, HI = np.array([4500.0, 1.5, -1.5]), np.array([6500.0, 4.5, 0.0])
+
+
+def _truth(labels, p=60):
+    """Smooth, strongly non-quadratic pixel responses (a quadratic model errs coherently)."""
+    t = (labels[:, 0] - 5500) / 1000
+    g = (labels[:, 1] - 3) / 1.5
+    f = (labels[:, 2] + 0.75) / 0.75
+    cols = []
+    for j in range(p):
+        a, b, c = np.sin(j), np.cos(1.3 * j), np.sin(0.7 * j + 1)
+        cols.append(1 - 0.4 / (1 + np.exp(-3 * (a * t + b * g + c * f))) - 0.1 * np.exp(-4 * (t - a) ** 2))
+    return np.stack(cols, axis=1)
+
+
+def _set(n, seed, snr=None):
+    rng = np.random.default_rng(seed)
+    labels = rng.uniform(LO, HI, size=(n, 3))
+    flux = _truth(labels)
+    ivar = np.full_like(flux, 1e10 if snr is None else snr**2)
+    if snr is not None:
+        flux = flux + rng.normal(size=flux.shape) / snr
+    return sj.SpectrumSet(np.linspace(5000, 5100, flux.shape[1]), flux, ivar, labels=labels, label_names=NAMES)
+
+
+@pytest.fixture(scope="module")
+def cannon():
+    return sj.CannonEmulator.train(_set(600, 0, snr=400))
+
+
+def test_label_systematics_calibrates_pulls_of_a_biased_emulator(cannon):
+    """A quadratic model of non-quadratic spectra: formal pulls are too large at high S/N;
+    the systematics measured on separate noise-free held-out spectra bring them to ~1."""
+    sys_err = sj.validate.label_systematics(cannon, _set(400, 1), snr=100)
+    assert isinstance(sys_err, LabelSystematics) and sys_err.points.shape[1] == 3
+    em = cannon.with_systematics(sys_err)
+    test = _set(600, 2, snr=200)
+    res = sj.fit_labels(em, test)
+    formal = sj.fit_labels(em, test, systematics=False)
+    ok = (res.status == 0) & (formal.status == 0)
+    assert ok.mean() > 0.9
+    truth = test.labels[ok]
+    pull_formal = ((formal.labels[ok] - truth) / formal.labels_err[ok]).std(axis=0)
+    pull = ((res.labels[ok] - truth) / res.labels_err[ok]).std(axis=0)
+    assert np.all(pull_formal > 1.5), pull_formal  # the model error dominates the noise here
+    assert np.all((pull > 0.8) & (pull < 1.25)), pull
+    # the same labels; only the covariance grows, by the systematic covariance at the fitted labels
+    np.testing.assert_allclose(res.labels, formal.labels)
+    np.testing.assert_allclose(res.cov - formal.cov, sys_err.cov(res.labels), rtol=1e-9, atol=1e-12)
+
+
+def test_noisy_held_out_spectra_subtract_the_formal_covariance(cannon):
+    """Noisy held-out spectra (snr=None) estimate about the same systematics as noise-free ones."""
+    clean = sj.validate.label_systematics(cannon, _set(500, 3), snr=100).global_cov()
+    noisy = sj.validate.label_systematics(cannon, _set(500, 3, snr=300)).global_cov()
+    ratio = np.sqrt(np.diag(noisy) / np.diag(clean))
+    assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio
+
+
+def test_local_systematics_follow_the_labels():
+    """k nearest held-out spectra: a region with large errors gets large systematics."""
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])
+    exc = np.concatenate([np.tile(np.eye(2) * 1.0, (50, 1, 1)), np.tile(np.eye(2) * 9.0, (50, 1, 1))])
+    s = LabelSystematics(points=pts, excess=exc, scale=np.ones(2), k=20)
+    cov = s.cov(np.array([[0.0, 0.0], [5.0, 5.0], [np.nan, 0.0]]))
+    np.testing.assert_allclose(cov[0], np.eye(2), rtol=1e-12)
+    np.testing.assert_allclose(cov[1], 9 * np.eye(2), rtol=1e-12)
+    assert np.all(np.isnan(cov[2]))
+    np.testing.assert_allclose(s.global_cov(), 5 * np.eye(2), rtol=1e-12)
+    # a negative excess (formal errors larger than the scatter) is clipped to zero
+    neg = LabelSystematics(points=pts, excess=-exc, scale=np.ones(2), k=100)
+    np.testing.assert_allclose(neg.global_cov(), 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="k must be"):
+        LabelSystematics(points=pts, excess=exc, scale=np.ones(2), k=101)
+    with pytest.raises(ValueError, match="do not match"):
+        LabelSystematics(points=pts, excess=exc[:, :1], scale=np.ones(2), k=5)
+
+
+def test_model_file_round_trip_and_older_files(cannon, tmp_path):
+    sys_err = sj.validate.label_systematics(cannon, _set(100, 4), snr=100, k=10)
+    em = cannon.with_systematics(sys_err)
+    back = sj.load_emulator(em.save(tmp_path / "m.npz"))
+    assert back.space.systematics.k == 10
+    np.testing.assert_allclose(np.asarray(back.space.systematics.excess), np.asarray(sys_err.excess))
+    np.testing.assert_allclose(np.asarray(back.space.systematics.points), np.asarray(sys_err.points))
+    # no systematics: saved as null, loaded as None
+    plain = sj.load_emulator(cannon.save(tmp_path / "p.npz"))
+    assert plain.space.systematics is None
+    # a file written before the field existed (no entry at all) loads with the default
+    with np.load(tmp_path / "p.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(str(arrays.pop("__header__")))
+    del header["static"]["space.systematics"]
+    np.savez(tmp_path / "old.npz", __header__=np.array(json.dumps(header)), **arrays)
+    assert sj.load_emulator(tmp_path / "old.npz").space.systematics is None
+    # removing and type checks
+    assert em.with_systematics(None).space.systematics is None
+    with pytest.raises(TypeError, match="LabelSystematics"):
+        cannon.with_systematics(np.eye(3))
+
+
+def test_label_systematics_bad_input(cannon):
+    unlabelled = sj.SpectrumSet(np.linspace(5000, 5100, 60), np.ones((3, 60)), np.ones((3, 60)))
+    with pytest.raises(ValueError, match="known labels"):
+        sj.validate.label_systematics(cannon, unlabelled)
+    with pytest.raises(ValueError, match="snr must be"):
+        sj.validate.label_systematics(cannon, _set(10, 5), snr=0)
