@@ -229,6 +229,9 @@ def fit_labels(
     common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
     if templates_z is not None:
         common["templates"] = templates_z.astype(dtype)
+        if not isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
+            # Template spectra once, not once per chunk (512 model evaluations per chunk).
+            common["templates_flux"] = _template_flux(em_c, common["templates"])
     if chunk_size is None:
         chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
     elif chunk_size < 1:
@@ -251,7 +254,7 @@ def fit_labels(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
     if max_steps > first and redo.size:
-        common2 = {k: v for k, v in common.items() if k != "templates"}
+        common2 = {k: v for k, v in common.items() if k not in ("templates", "templates_flux")}
         rows2 = {k: v[redo] for k, v in rows.items() if k != "starts"}
         if nuis is None:
             rows2["starts"] = cat["z"][redo][:, None, :]
@@ -291,6 +294,11 @@ def fit_labels(
         label_names=em.label_names,
         **extra,
     )
+
+
+@jax.jit
+def _template_flux(em, templates_z):
+    return jax.vmap(lambda z: em(em.space.physical(z)))(templates_z)
 
 
 def _direct_starts(model, flux, ivar, em):
@@ -483,7 +491,7 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
             uu_t = (u_t[:, :, None] * u_t[:, None, :]).reshape(u_t.shape[0], -1)
             obj_t = c[:, None] - 2.0 * b @ u_t.T + a.reshape(a.shape[0], -1) @ uu_t.T + prior_t
         else:
-            flux_t = jax.vmap(lambda z: em(space.physical(z)))(templates)  # [K, P]
+            flux_t = args["templates_flux"]  # [K, P], computed once per fit_labels call
             obj_t = jnp.sum(w * f * f, axis=1)[:, None] - 2.0 * (w * f) @ flux_t.T + w @ (flux_t * flux_t).T + prior_t
         obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
         # Rank in float32: XLA's CPU top_k sorts float64 (~40x slower); only the choice of
@@ -501,19 +509,19 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
             def screen(z0):
                 return levenberg_marquardt(normal, z0, lo, hi, max_steps=_SCREEN_STEPS, tol=tol)
 
-            zs, objs, _, ks, _, _ = jax.vmap(screen)(starts_1)
+            zs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts_1)
             best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-            z0, k0 = zs[best], ks[best]
+            z0, k0, start = zs[best], ks[best], (objs[best], gs[best], hs[best])
         else:
-            z0, k0 = starts_1[0], jnp.zeros((), jnp.int32)
-        z, _, _, k, conv, _ = levenberg_marquardt(normal, z0, lo, hi, max_steps=budget - k0, tol=tol)
-        _, _, h = normal(z)
-        return z, h, k0 + k, conv
+            z0, k0, start = starts_1[0], jnp.zeros((), jnp.int32), None
+        z, obj, h, k, conv, _, _ = levenberg_marquardt(normal, z0, lo, hi, max_steps=budget - k0, tol=tol, start=start)
+        return z, h, k0 + k, conv, obj - jnp.sum(p * (z - m) ** 2)
 
-    z, h, k, conv = jax.vmap(fit_one)(data, pm, pp, starts)
+    z, h, k, conv, chi2 = jax.vmap(fit_one)(data, pm, pp, starts)
     cov_z = jnp.linalg.inv(h)
-    model = model_of(z)
-    chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
+    if return_model or isinstance(em, AbstractLinearEmulator):  # else χ² = objective − prior term
+        model = model_of(z)
+        chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
 
     n_lab = z.shape[1]
     tiny = 1e-6 * (hi - lo)

@@ -208,13 +208,12 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             def screen(x0):
                 return levenberg_marquardt(normal, x0, lo1, hi1, max_steps=_SCREEN_STEPS, tol=tol)
 
-            xs, objs, _, ks, _, _ = jax.vmap(screen)(starts_1)
+            xs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts_1)
             best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-            x0, k0 = xs[best], ks[best]
+            x0, k0, start = xs[best], ks[best], (objs[best], gs[best], hs[best])
         else:
-            x0, k0 = starts_1[0], jnp.zeros((), jnp.int32)
-        x, _, _, k, conv, _ = levenberg_marquardt(normal, x0, lo1, hi1, max_steps=budget - k0, tol=tol)
-        _, _, h = normal(x)
+            x0, k0, start = starts_1[0], jnp.zeros((), jnp.int32), None
+        x, _, h, k, conv, _, _ = levenberg_marquardt(normal, x0, lo1, hi1, max_steps=budget - k0, tol=tol, start=start)
         model, _ = predict(x)
         return x, h, k0 + k, conv, model
 
