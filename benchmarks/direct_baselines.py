@@ -7,6 +7,9 @@
     labels teff/logg/fe_h/alpha_fe.
 
 Baselines (slamjax.direct): LassoMLP, ResidualMLP, SpectrumCNN (1-D) and SpectrumCNN(fold2d=True).
+Beside them, the generative emulators on the same spectra: Cannon, Kernel and Payne (dense), trained on
+the same training stars and fitted with ``fit_labels`` (float32, default starts); their rows add the pull
+std (fit - true) / formal error.
 Reported per label: MAE, bias (mean of pred - true), sigma (std of pred - true); training and
 prediction time. Target: <= 10 minutes of training per baseline for (b) on 2 CPU cores.
 
@@ -61,6 +64,20 @@ def baselines(part: str, quick: bool) -> dict:
     return cfg
 
 
+def generative(part: str, quick: bool) -> dict:
+    """name -> (validate emulator name, train keyword arguments) of the generative rows."""
+    payne = dict(max_epochs=300 if part == "a" else 100, patience=40 if part == "a" else 20)
+    if quick:
+        payne.update(max_epochs=5, patience=3, hidden=(32, 32))
+    return {"Cannon": ("cannon", {}), "Kernel": ("kernel", {}), "Payne": ("payne", payne)}
+
+
+def _pulls(fit, true, names):
+    pull = (fit.labels - true) / fit.labels_err
+    ok = fit.status <= 2
+    return {n: float(np.std(pull[ok, j])) for j, n in enumerate(names)}
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()  # train/predict return host (numpy) results: finished when they return
@@ -107,6 +124,21 @@ def part_a(only, quick, seed):
         if name == "LassoMLP":
             out["models"][name]["n_selected_last_fold"] = dict(zip(names, model.n_selected, strict=True))
         print(f"(a) {name}: train {np.mean(train_s):.1f} s/fold; " + _line(res, names), flush=True)
+    for name, (emu, kw) in generative("a", quick).items():
+        if only and name not in only:
+            continue
+        cv = sj.validate.cross_validate(ds, emulator=emu, k=k, seed=seed, train_kwargs=kw, dtype=np.float32)
+        res = summarise(cv.result.labels, ds.labels, names)
+        out["models"][name] = {
+            "config": kw,
+            "generative": True,
+            "train_s_per_fold": [cv.train_seconds / k] * k,
+            "predict_s": cv.fit_seconds,
+            "pull_std": _pulls(cv.result, ds.labels, names),
+            "status_counts": np.bincount(cv.result.status, minlength=5).tolist(),
+            "stats": res,
+        }
+        print(f"(a) {name}: train {cv.train_seconds / k:.1f} s/fold; " + _line(res, names), flush=True)
     return out
 
 
@@ -157,6 +189,27 @@ def part_b(only, quick, seed, n_train, n_test):
         if name == "LassoMLP":
             out["models"][name]["n_selected"] = dict(zip(names, model.n_selected, strict=True))
         print(f"(b) {name}: train {train_s:.1f} s; " + _line(res, names), flush=True)
+    for name, (emu, kw) in generative("b", quick).items():
+        if only and name not in only:
+            continue
+        cls = sj.validate._EMULATORS[emu]
+        em, train_s = timed(lambda cls=cls, kw=kw: cls.train(train, **kw))
+        _, first_s = timed(lambda em=em: sj.fit_labels(em, test[:8], dtype=np.float32, return_model=False))
+        fit, predict_s = timed(lambda em=em: sj.fit_labels(em, test, dtype=np.float32, return_model=False))
+        res = summarise(fit.labels, labels_t, names, snr=snr)
+        out["models"][name] = {
+            "config": kw,
+            "generative": True,
+            "train_s": train_s,
+            "within_target": train_s <= TARGET_TRAIN_S,
+            "predict_first_call_s": first_s,
+            "predict_s": predict_s,
+            "spectra_per_s": n_test / predict_s,
+            "pull_std": _pulls(fit, labels_t, names),
+            "status_counts": np.bincount(fit.status, minlength=5).tolist(),
+            "stats": res,
+        }
+        print(f"(b) {name}: train {train_s:.1f} s; " + _line(res, names), flush=True)
     return out
 
 
@@ -168,8 +221,8 @@ def _line(res, names):
 
 def _table(part: dict, with_time: str) -> list[str]:
     names = part["labels"]
-    head = "| model | " + " | ".join(f"{n} MAE / bias / σ" for n in names) + f" | {with_time} |"
-    rows = [head, "|" + " --- |" * (len(names) + 2)]
+    head = "| model | " + " | ".join(f"{n} MAE / bias / σ" for n in names) + f" | {with_time} | pull std |"
+    rows = [head, "|" + " --- |" * (len(names) + 3)]
     entries = [("predict training mean", {"stats": part["predict_training_mean"]})] + list(part["models"].items())
     for name, m in entries:
         cells = [
@@ -181,7 +234,9 @@ def _table(part: dict, with_time: str) -> list[str]:
             t = f"{np.mean(m['train_s_per_fold']):.1f}"
         else:
             t = "–"
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {t} |")
+        pulls = " / ".join(f"{m['pull_std'][n]:.2f}" for n in names) if "pull_std" in m else "–"
+        label = f"{name} (generative + fit_labels)" if m.get("generative") else name
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {t} | {pulls} |")
     return rows
 
 
@@ -232,7 +287,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few epochs (smoke test)")
     ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
     ap.add_argument(
-        "--only", default="", help="comma-separated baselines (LassoMLP,ResidualMLP,SpectrumCNN,SpectrumCNN-2D)"
+        "--only",
+        default="",
+        help="comma-separated models (LassoMLP,ResidualMLP,SpectrumCNN,SpectrumCNN-2D,Cannon,Kernel,Payne)",
     )
     ap.add_argument("--n-train", type=int, default=5000)
     ap.add_argument("--n-test", type=int, default=1000)
@@ -242,7 +299,7 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - set(baselines("a", False))
+    unknown = only - set(baselines("a", False)) - set(generative("a", False))
     if unknown:
         ap.error(f"unknown baselines {sorted(unknown)}")
 

@@ -94,10 +94,14 @@ def fit_labels(
             the minimum in units of the label errors); default 1e-10 (float64) or 1e-3
             (float32).
         chunk_size: spectra per compiled batch. Default: about 1.1 million elements per
-            [chunk, P] array (256 spectra at 4300 px; 64 to 4096): bounded memory, cache-
-            friendly, below glibc's 32 MiB mmap threshold (larger chunks were page-faulted
-            in afresh every time); 256 beat 512 and 1024 in float32 and float64
-            (benchmarks/results/fit_throughput.md).
+            [chunk, P] array for the Cannon's quadratic-form path (256 spectra at 4300 px; 64
+            to 4096): bounded memory, cache-friendly, below glibc's 32 MiB mmap threshold
+            (larger chunks were page-faulted in afresh every time); 256 beat 512 and 1024 in
+            float32 and float64 (benchmarks/results/fit_throughput.md). Other emulators (model
+            and Jacobian, [chunk, P, 1 + L]) and fits with nuisance parameters: 1.1 million /
+            (P·(1 + L)), 16 to 4096; smaller chunks also stop fewer fast fits waiting for a
+            slow one in the batch (Payne 7214 px × 4 labels: 32 spectra gave 661/s, 152 gave
+            484/s; kernel 2000 × 2000 px, 3 starts: 137 gave 321/s, 550 gave 258/s).
         dtype: ``float32`` or ``float64`` for the computation; default: the dtype of
             ``flux`` (float64 for integer input).
         progress: show a progress bar over chunks (needs ``tqdm``; silently off without).
@@ -233,7 +237,10 @@ def fit_labels(
             # Template spectra once, not once per chunk (512 model evaluations per chunk).
             common["templates_flux"] = _template_flux(em_c, common["templates"])
     if chunk_size is None:
-        chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
+        if isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
+            chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
+        else:  # model + Jacobian per step: (1 + L) values per pixel and spectrum
+            chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / (em.n_pixels * (1 + n_lab))), 16, 4096))
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     settings = dict(dtype=dtype, chunk_size=chunk_size, tol=tol, return_model=return_model, progress=progress)

@@ -121,7 +121,8 @@ def label_systematics(em, ds: SpectrumSet, *, snr: float | None = None, k: int =
     """The emulator's systematic label errors, measured on held-out spectra of known labels.
 
     Fits ``ds`` (spectra the emulator was not trained on) with formal errors only; with
-    d_n = fitted − true labels over the converged fits, the excess second moment per spectrum is
+    d_n = fitted − true labels over the fits with finite labels (status CONVERGED, MAX_STEPS
+    or HIT_BOUND), the excess second moment per spectrum is
 
     * noisy spectra (``snr=None``): E_n = d_n d_nᵀ − C_n, C_n the formal covariance (the part
       of the scatter the noise explains);
@@ -140,7 +141,7 @@ def label_systematics(em, ds: SpectrumSet, *, snr: float | None = None, k: int =
 
     Raises:
         ValueError: if ``ds`` lacks the emulator's labels, ``snr <= 0``, or fewer than 2 fits
-            converge.
+            give finite labels.
     """
     if ds.labels is None:
         raise ValueError("label_systematics needs spectra with known labels")
@@ -154,9 +155,10 @@ def label_systematics(em, ds: SpectrumSet, *, snr: float | None = None, k: int =
         ivar = np.where(ds.ivar > 0, float(snr) ** 2, 0.0)
     res = fit_labels(em, ds.flux, ivar, systematics=False, return_model=False, **fit_kwargs)
     true = np.stack([ds.label(n) for n in em.label_names], axis=1)
-    ok = (res.status == 0) & np.all(np.isfinite(true), axis=1)
+    # Every fit with finite labels counts (also MAX_STEPS and HIT_BOUND: their errors are real).
+    ok = (res.status <= 2) & np.all(np.isfinite(true), axis=1) & np.all(np.isfinite(res.labels), axis=1)
     if ok.sum() < 2:
-        raise ValueError(f"only {int(ok.sum())} of {ds.n_spectra} held-out fits converged; cannot estimate")
+        raise ValueError(f"only {int(ok.sum())} of {ds.n_spectra} held-out fits are usable; cannot estimate")
     d = res.labels[ok] - true[ok]
     excess = d[:, :, None] * d[:, None, :]
     if snr is None:

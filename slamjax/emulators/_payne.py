@@ -335,7 +335,7 @@ class PayneEmulator(AbstractEmulator):
             log_every: log losses (``logging`` INFO) every this many epochs.
             systematics: fit the validation spectra and attach the systematic label
                 covariance (:func:`slamjax.validate.label_systematics`, needs at least 2
-                converged fits) that :func:`slamjax.fit_labels` adds to the formal errors.
+                usable fits) that :func:`slamjax.fit_labels` adds to the formal errors.
                 The network's flux errors are correlated across pixels, so at high S/N they
                 bias labels by more than the formal errors; without this term pulls grow with
                 S/N. The validation set also chose the early-stopping epoch, so the estimate
