@@ -130,11 +130,24 @@ def test_fit_labels_with_dense_payne(dense):
     truth = rng.uniform(LO + 0.2 * (HI - LO), HI - 0.2 * (HI - LO), size=(120, 3))
     snr = 200.0
     flux = dense.predict(truth) + rng.normal(size=(120, dense.n_pixels)) / snr
-    exact = eqx.tree_at(lambda e: e.pixel_variance, dense, jax.numpy.zeros(dense.n_pixels))
+    exact = eqx.tree_at(lambda e: e.pixel_variance, dense, jax.numpy.zeros(dense.n_pixels)).with_systematics(None)
     res = sj.fit_labels(exact, flux, np.full(flux.shape, snr**2))
     assert np.all(res.status == 0)
     pull = (res.labels - truth) / res.labels_err
     assert np.all((pull.std(axis=0) > 0.8) & (pull.std(axis=0) < 1.25)), pull.std(axis=0)
+
+
+def test_train_attaches_systematics_from_the_validation_split(dense):
+    """The validation-split estimate agrees with one from 200 separate noise-free held-out spectra."""
+    sys_val = dense.space.systematics
+    assert sys_val is not None and sys_val.points.shape == (40, 3)  # 10 % of 400
+    labels, clean = _held_out()
+    held = sj.SpectrumSet(dense.wave, clean, np.full(clean.shape, 1e12), labels=labels, label_names=NAMES)
+    sys_held = sj.validate.label_systematics(dense, held, snr=1000.0)
+    ratio = np.sqrt(np.diag(sys_val.global_cov()) / np.diag(sys_held.global_cov()))
+    assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+    plain = PayneEmulator.train(_problem(n=60), hidden=(4,), max_epochs=2, systematics=False)
+    assert plain.space.systematics is None
 
 
 # ---------------------------------------------------------------------- from_arrays, files
