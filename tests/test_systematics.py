@@ -117,3 +117,30 @@ def test_label_systematics_bad_input(cannon):
         sj.validate.label_systematics(cannon, unlabelled)
     with pytest.raises(ValueError, match="snr must be"):
         sj.validate.label_systematics(cannon, _set(10, 5), snr=0)
+
+
+def test_cv_systematics_from_the_training_set_alone():
+    """k-fold CV on the training set (no separate held-out set) calibrates the Cannon's pulls on
+    non-quadratic spectra at S/N 50 and 200; the formal pulls are far too large there."""
+    train = _set(400, 4, snr=100)
+    em = sj.CannonEmulator.train(train)
+    sys_err, cv = sj.validate.cv_systematics(train, "cannon", k=5)
+    assert cv.result.labels.shape == (400, 3) and np.all(cv.result.status <= 2)
+    assert sys_err.points.shape == (400, 3) and sys_err.k == 30
+    em = em.with_systematics(sys_err)
+    for seed, snr in ((5, 50), (6, 200)):
+        test = _set(500, seed, snr=snr)
+        res = sj.fit_labels(em, test)
+        formal = sj.fit_labels(em, test, systematics=False)
+        pull = ((res.labels - test.labels) / res.labels_err).std(axis=0)
+        pull_formal = ((formal.labels - test.labels) / formal.labels_err).std(axis=0)
+        assert np.all(pull_formal > 1.5), (snr, pull_formal)
+        assert np.all((pull > 0.8) & (pull < 1.25)), (snr, pull)
+
+
+def test_cv_systematics_bad_input():
+    with pytest.raises(ValueError, match="unknown emulator"):
+        sj.validate.cv_systematics(_set(50, 7, snr=100), "nope")
+    unlabelled = sj.SpectrumSet(np.linspace(5000, 5100, 60), np.ones((20, 60)), np.ones((20, 60)))
+    with pytest.raises(ValueError, match="labelled"):
+        sj.validate.cv_systematics(unlabelled, "cannon")
