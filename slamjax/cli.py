@@ -283,6 +283,20 @@ def cmd_train(args) -> int:
     else:
         em = sj.KernelEmulator.train(ds, label_names=args.labels)
     seconds = time.perf_counter() - t0
+    sys_line = None
+    if args.systematics is not None:
+        t1 = time.perf_counter()
+        kw = {"label_names": args.labels}
+        kw |= {"order": args.order} if args.emulator == "cannon" else {}
+        kw |= {"key": args.seed} if args.emulator == "payne" else {}
+        sys_err, _ = sj.validate.cv_systematics(ds, args.emulator, args.systematics, train_kwargs=kw)
+        em = em.with_systematics(sys_err)
+        rms = np.sqrt(np.diag(np.asarray(sys_err.global_cov())))
+        sys_line = (
+            f"  systematics    {args.systematics}-fold CV, rms "
+            + ", ".join(f"{n} {v:.3g}" for n, v in zip(em.label_names, rms, strict=True))
+            + f" ({time.perf_counter() - t1:.1f} s)"
+        )
     path = em.save(args.out)
 
     s2 = np.asarray(em.pixel_variance)
@@ -296,6 +310,8 @@ def cmd_train(args) -> int:
     print(f"  stars          {ds.n_spectra}")
     print(f"  pixels         {em.n_pixels} ({ds.wave[0]:.2f}-{ds.wave[-1]:.2f} Å), {int((~usable).sum())} unusable")
     print(f"  labels         {', '.join(em.label_names)}")
+    if sys_line:
+        print(sys_line)
     if args.emulator == "cannon":
         print(f"  coefficients   {len(em.terms)} per pixel")
         what = "intrinsic pixel scatter"
@@ -704,6 +720,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")
     p.add_argument(
         "--select", default=None, metavar="EXPR", help="keep stars matching e.g. 'teff>4000,teff<7000' (comma = and)"
+    )
+    p.add_argument(
+        "--systematics",
+        type=_int_at_least(2),
+        default=None,
+        metavar="K",
+        help="estimate the systematic label errors by K-fold CV on the training set and store them in the model "
+        "(fit then adds them to the formal errors; about K+1 times the training cost)",
     )
     p.set_defaults(func=cmd_train)
 

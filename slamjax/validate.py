@@ -69,6 +69,7 @@ def cross_validate(
     *,
     seed: int = 0,
     train_kwargs: dict | None = None,
+    systematics_k: int | None = None,
     **fit_kwargs,
 ) -> CVResult:
     """k-fold cross-validation of an emulator + :func:`slamjax.fit_labels` on a labelled set.
@@ -76,18 +77,24 @@ def cross_validate(
     For each fold, the emulator is trained on the other k − 1 folds and the held-out
     spectra are fitted (``fit_kwargs`` go to ``fit_labels``). Returns a :class:`CVResult`
     whose ``result`` lists the held-out fits in the original order of ``ds``.
+
+    ``systematics_k``: also estimate each fold model's systematic label errors by an inner
+    ``systematics_k``-fold CV on that fold's training stars only (:func:`cv_systematics`) and
+    attach them, so the held-out errors include them: a nested test of whether the reported
+    errors are calibrated (about ``systematics_k + 1`` times the cost).
     """
     if emulator not in _EMULATORS:
         raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
     if ds.labels is None:
         raise ValueError("cross-validation needs a labelled SpectrumSet")
-    cls = _EMULATORS[emulator]
     fold = kfold_indices(ds.n_spectra, k, seed)
+    if systematics_k is not None and systematics_k < 2:
+        raise ValueError(f"systematics_k must be >= 2, got {systematics_k}")
     parts = []
     t_train = t_fit = 0.0
     for i in range(k):
         t0 = time.perf_counter()
-        em = cls.train(ds[fold != i], **(train_kwargs or {}))
+        em = _fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs)
         t1 = time.perf_counter()
         test = ds[fold == i]
         res = fit_labels(em, test, **fit_kwargs)
@@ -115,7 +122,8 @@ def cross_validate(
         label_names=parts[0][1].label_names,
     )
     true = np.stack([ds.label(n) for n in result.label_names], axis=1)
-    return CVResult(result, true, fold, result.label_names, t_train, t_fit, {"emulator": emulator, "k": k})
+    info = {"emulator": emulator, "k": k, "systematics_k": systematics_k}
+    return CVResult(result, true, fold, result.label_names, t_train, t_fit, info)
 
 
 def label_systematics(em, ds: SpectrumSet, *, snr: float | None = None, k: int = 30, **fit_kwargs) -> LabelSystematics:
@@ -175,6 +183,20 @@ def _systematics(fitted, true, cov, scale, k) -> LabelSystematics:
         scale=jnp.asarray(np.asarray(scale)),
         k=int(min(k, len(true))),
     )
+
+
+def _fold_model(train, emulator, train_kwargs, systematics_k, seed, fit_kwargs):
+    """An emulator trained on ``train``; with ``systematics_k``, carrying systematics from an
+    inner ``systematics_k``-fold CV on ``train`` alone (:func:`cv_systematics`)."""
+    kwargs = dict(train_kwargs or {})
+    if systematics_k is not None and emulator == "payne":  # replaced by the inner-CV estimate
+        kwargs.setdefault("systematics", False)
+    em = _EMULATORS[emulator].train(train, **kwargs)
+    if systematics_k is not None:
+        inner = {key: v for key, v in fit_kwargs.items() if key not in ("systematics", "return_model")}
+        sys_err, _ = cv_systematics(train, emulator, systematics_k, seed=seed + 1, train_kwargs=train_kwargs, **inner)
+        em = em.with_systematics(sys_err)
+    return em
 
 
 def cv_systematics(
@@ -334,24 +356,29 @@ def snr_ladder(
     *,
     seed: int = 0,
     train_kwargs: dict | None = None,
+    systematics_k: int | None = None,
     **fit_kwargs,
 ) -> LadderResult:
     """Accuracy versus S/N: k-fold, each fold's model (trained on the original spectra) fits the
     held-out spectra degraded (:func:`degrade`) to every S/N in ``snrs``.
 
     Stars whose original S/N is below a rung keep their own noise at that rung (see
-    :func:`degrade`); use high-S/N spectra.
+    :func:`degrade`); use high-S/N spectra. ``systematics_k``: each fold model carries
+    systematic label errors from an inner CV on its own training stars (as in
+    :func:`cross_validate`), so the errors (and pulls) include them.
     """
     if emulator not in _EMULATORS:
         raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
     if ds.labels is None:
         raise ValueError("snr_ladder needs a labelled SpectrumSet")
     snrs = tuple(float(s) for s in snrs)
+    if systematics_k is not None and systematics_k < 2:
+        raise ValueError(f"systematics_k must be >= 2, got {systematics_k}")
     fold = kfold_indices(ds.n_spectra, k, seed)
     n = ds.n_spectra
     labels = errors = status = None
     for i in range(k):
-        em = _EMULATORS[emulator].train(ds[fold != i], **(train_kwargs or {}))
+        em = _fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs)
         idx = np.flatnonzero(fold == i)
         for r, snr in enumerate(snrs):
             test = degrade(ds[idx], snr, seed=seed + 1000 * r + i)

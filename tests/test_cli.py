@@ -75,6 +75,24 @@ def test_train_cannon_option(small_data, tmp_path, capsys):
     assert sj.emulators.read_header(model)["emulator"] == "CannonEmulator"
 
 
+def test_train_systematics_option(small_data, tmp_path, capsys):
+    """--systematics K stores k-fold systematics in the model file; fit adds them to the errors."""
+    model = tmp_path / "cannon_sys.npz"
+    args = ["train", str(small_data), "--out", str(model), "--emulator", "cannon", "--order", "1"]
+    assert main(args + ["--systematics", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3-fold CV, rms teff" in out
+    em = sj.load_emulator(model)
+    assert em.space.systematics is not None and em.space.systematics.points.shape[1] == 3
+    ds = sj.load_npz(small_data)
+    with_sys = sj.fit_labels(em, ds[:10])
+    formal = sj.fit_labels(em, ds[:10], systematics=False)
+    np.testing.assert_allclose(with_sys.labels, formal.labels)
+    assert np.all(with_sys.labels_err > formal.labels_err)
+    assert main(args + ["--systematics", "1"]) == 2
+    assert "--systematics: must be >= 2" in capsys.readouterr().err
+
+
 def test_train_info_fit(trained, small_data, tmp_path, capsys):
     rc, model, train_out = trained
     assert rc == 0

@@ -123,6 +123,19 @@ def test_selected_hyperparameters_and_prediction():
     assert 0.5 < np.median(ratio) < 2.0, np.median(ratio)
 
 
+def test_analytic_jacobian_equals_autodiff():
+    """flux_and_jacobian (analytic, one product per γ group) = (em(x), jax.jacfwd(em)(x))."""
+    import jax
+
+    ds, _ = _smooth_problem(m=150, p=25, seed=4)
+    em = sj.KernelEmulator.train(ds, gamma_grid=(0.1, 0.3, 1.0))
+    assert len(em.groups) >= 2  # several γ groups are exercised
+    for x in ds.labels[:4]:
+        flux, jac = em.flux_and_jacobian(x)
+        np.testing.assert_allclose(flux, em(x), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(jac, jax.jacfwd(em)(x), rtol=1e-9, atol=1e-10)
+
+
 def test_bad_training_pixels_are_imputed_not_used():
     ds, _ = _smooth_problem(m=200, p=10, seed=2)
     flux, ivar = ds.flux.copy(), ds.ivar.copy()

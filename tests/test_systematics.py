@@ -144,3 +144,23 @@ def test_cv_systematics_bad_input():
     unlabelled = sj.SpectrumSet(np.linspace(5000, 5100, 60), np.ones((20, 60)), np.ones((20, 60)))
     with pytest.raises(ValueError, match="labelled"):
         sj.validate.cv_systematics(unlabelled, "cannon")
+
+
+def test_nested_cross_validation_with_inner_systematics():
+    """cross_validate(systematics_k=...) and snr_ladder(systematics_k=...): each fold model carries
+    systematics from its own training stars; the held-out pulls are then calibrated."""
+    ds = _set(450, 8, snr=150)
+    plain = sj.validate.cross_validate(ds, "cannon", k=3)
+    nested = sj.validate.cross_validate(ds, "cannon", k=3, systematics_k=3)
+    assert nested.info["systematics_k"] == 3
+    np.testing.assert_allclose(nested.result.labels, plain.result.labels)
+    pull_plain = ((plain.result.labels - ds.labels) / plain.result.labels_err).std(axis=0)
+    pull = ((nested.result.labels - ds.labels) / nested.result.labels_err).std(axis=0)
+    assert np.all(pull_plain > 1.5), pull_plain
+    assert np.all((pull > 0.8) & (pull < 1.25)), pull
+    ladder = sj.validate.snr_ladder(ds[:200], "cannon", snrs=(30, 100), k=3, systematics_k=3)
+    st = ladder.stats()
+    assert [s["snr"] for s in st] == [30.0, 100.0]
+    assert all(0.7 < st[1][n]["pull_std"] < 1.4 for n in NAMES), st[1]
+    with pytest.raises(ValueError, match="systematics_k"):
+        sj.validate.cross_validate(ds, "cannon", k=3, systematics_k=1)
