@@ -246,3 +246,21 @@ def test_spectrum_set_input_carries_ids(cannon):
     res = sj.fit_labels(cannon, ds)
     assert list(res.ids) == ["a", "b", "c"]
     np.testing.assert_allclose(res.snr, ds.snr)
+
+
+def test_chunk_shape_pads_little_and_keeps_few_shapes():
+    """Equal chunks on a quarter-octave grid: at most ~25 % padding and as few chunks as chunk_size allows."""
+    from slamjax._fit import _chunk_shape
+
+    shapes = set()
+    for n in list(range(1, 300)) + [300, 513, 1000, 3000, 10_000, 123_457]:
+        for chunk_size in (16, 137, 256, 2750):
+            c = _chunk_shape(n, chunk_size)
+            n_chunks = -(-n // c)
+            assert n_chunks <= -(-n // chunk_size), (n, chunk_size, c)
+            assert n_chunks * c >= n
+            if n >= 9:
+                assert n_chunks * c <= 1.25 * (n + n_chunks), (n, chunk_size, c)
+            shapes.add(c)
+    assert _chunk_shape(300, 2750) == 320  # was padded to 512
+    assert len(shapes) < 40

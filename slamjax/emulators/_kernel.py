@@ -220,10 +220,13 @@ class KernelEmulator(AbstractEmulator):
             logger.info("KernelEmulator: %d inducing stars of %d", centres.size, m)
         spectral = [_spectral(x, centres, g) for g in gammas]
         rounds = 1 + (n_impute if not good.all() else 0)
-        for r in range(rounds):
-            sel = _select(spectral, y, good, lams, pixel_chunk, folds)
-            if r < rounds - 1:
-                y = np.where(good, y, y - sel["resid"])  # impute the selected model's fit; repeat
+        sel = _select(spectral, y, good, lams, pixel_chunk, folds)
+        cols = np.flatnonzero(~good.all(axis=0))  # only pixels with bad entries change under imputation
+        for _ in range(rounds - 1):
+            y[:, cols] = np.where(good[:, cols], y[:, cols], y[:, cols] - sel["resid"][:, cols])  # impute the fit
+            sub = _select(spectral, y[:, cols], good[:, cols], lams, pixel_chunk, folds)
+            for key, value in sub.items():
+                sel[key][..., cols] = value
 
         gidx = sel["gidx"]
         coef = sel["coef"]
@@ -345,30 +348,19 @@ def _cv_block(u, sig2, c, y, good, lams, folds=None):
                 h_ff = (uf * shrink[None, :]) @ uf.T
                 e = e.at[idx].set(jnp.linalg.solve(jnp.eye(idx.shape[0], dtype=h_ff.dtype) - h_ff, resid[idx]))
         e = jnp.where(good, e, 0.0)
-        coef = c @ (uty / (sig2 + lam)[:, None])
-        return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n, coef, resid
+        return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n
 
     def body(carry, lam):
-        bmse, bmd, bli, bcoef, bres, i = carry
-        mse, md, coef, resid = one(lam)
+        bmse, bmd, bli, i = carry
+        mse, md = one(lam)
         better = mse < bmse
-        return (
-            jnp.where(better, mse, bmse),
-            jnp.where(better, md, bmd),
-            jnp.where(better, i, bli),
-            jnp.where(better[None, :], coef, bcoef),
-            jnp.where(better[None, :], resid, bres),
-            i + 1,
-        ), None
+        return (jnp.where(better, mse, bmse), jnp.where(better, md, bmd), jnp.where(better, i, bli), i + 1), None
 
     p = y.shape[1]
-    init = (
-        jnp.full(p, jnp.inf),
-        jnp.zeros(p),
-        jnp.zeros(p, jnp.int32),
-        jnp.zeros((c.shape[0], p), y.dtype),
-        jnp.zeros_like(y),
-        jnp.int32(0),
-    )
-    (mse, md, li, coef, resid, _), _ = jax.lax.scan(body, init, lams)
+    init = (jnp.full(p, jnp.inf), jnp.zeros(p), jnp.zeros(p, jnp.int32), jnp.int32(0))
+    (mse, md, li, _), _ = jax.lax.scan(body, init, lams)
+    # Coefficients and residuals once, at each pixel's own best λ (not for every λ in the scan).
+    denom = sig2[:, None] + lams[li][None, :]  # [k, p]
+    coef = c @ (uty / denom)
+    resid = y - u @ (sig2[:, None] * uty / denom)
     return mse, md, li, coef, resid
