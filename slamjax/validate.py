@@ -165,18 +165,20 @@ def label_systematics(em, ds: SpectrumSet, *, snr: float | None = None, k: int =
     res = fit_labels(em, ds.flux, ivar, systematics=False, return_model=False, **fit_kwargs)
     true = np.stack([ds.label(n) for n in em.label_names], axis=1)
     # Every fit with finite labels counts (also MAX_STEPS and HIT_BOUND: their errors are real).
+    return _systematics(res, true, snr is None, em.space.scale, k, "held-out")
+
+
+def _systematics(res, true, subtract_cov, scale, k, what) -> LabelSystematics:
+    """LabelSystematics from fits of spectra the model did not see: per usable fit (finite labels,
+    status ≤ HIT_BOUND) the excess d dᵀ, minus the formal covariance if ``subtract_cov``."""
     ok = (res.status <= 2) & np.all(np.isfinite(true), axis=1) & np.all(np.isfinite(res.labels), axis=1)
     if ok.sum() < 2:
-        raise ValueError(f"only {int(ok.sum())} of {ds.n_spectra} held-out fits are usable; cannot estimate")
-    return _systematics(res.labels[ok], true[ok], None if snr is not None else res.cov[ok], em.space.scale, k)
-
-
-def _systematics(fitted, true, cov, scale, k) -> LabelSystematics:
-    """LabelSystematics from held-out fits: excess d dᵀ (− cov when given), d = fitted − true."""
-    d = fitted - true
+        raise ValueError(f"only {int(ok.sum())} of {len(true)} {what} fits are usable; cannot estimate")
+    true = true[ok]
+    d = res.labels[ok] - true
     excess = d[:, :, None] * d[:, None, :]
-    if cov is not None:
-        excess = excess - cov
+    if subtract_cov:
+        excess = excess - res.cov[ok]
     return LabelSystematics(
         points=jnp.asarray(true),
         excess=jnp.asarray(excess),
@@ -235,11 +237,8 @@ def cv_systematics(
     fit_kwargs = {"return_model": False, **fit_kwargs, "systematics": False}
     cv = cross_validate(ds, emulator, k, seed=seed, train_kwargs=train_kwargs, **fit_kwargs)
     res = cv.result
-    ok = (res.status <= 2) & np.all(np.isfinite(cv.true), axis=1) & np.all(np.isfinite(res.labels), axis=1)
-    if ok.sum() < 2:
-        raise ValueError(f"only {int(ok.sum())} of {ds.n_spectra} cross-validated fits are usable; cannot estimate")
     scale = np.std(cv.true, axis=0)
-    return _systematics(res.labels[ok], cv.true[ok], res.cov[ok], scale, neighbours), cv
+    return _systematics(res, cv.true, True, scale, neighbours, "cross-validated"), cv
 
 
 @dataclass
