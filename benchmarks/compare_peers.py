@@ -461,8 +461,9 @@ def markdown(result):
         "",
         "Errors. slamjax rows report formal errors plus the emulator's systematic label errors, estimated by "
         f"{s['cv']}-fold cross-validation on the training set (`sj.validate.cv_systematics`: every training star "
-        "fitted by a fold model, excess (fit − truth)(fit − truth)ᵀ − formal covariance, mean over the 30 nearest "
-        "stars in label space); 'sys s' is the time of that step (not part of 'train s', which is the emulator "
+        "fitted by a fold model, excess (fit − truth)(fit − truth)ᵀ − formal covariance, placed at its fitted labels; "
+        "a test star gets the mean over the 30 training fits nearest to its own fitted labels); 'sys s' is the "
+        "time of that step (not part of 'train s', which is the emulator "
         "training alone, comparable to the peers' training)."
         if s.get("systematics", True)
         else "Errors. slamjax rows report formal errors only (`--no-systematics`).",

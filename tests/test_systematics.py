@@ -127,6 +127,8 @@ def test_cv_systematics_from_the_training_set_alone():
     sys_err, cv = sj.validate.cv_systematics(train, "cannon", k=5)
     assert cv.result.labels.shape == (400, 3) and np.all(cv.result.status <= 2)
     assert sys_err.points.shape == (400, 3) and sys_err.k == 30
+    # placed at the fitted labels (what a catalogue star is looked up by), not the true ones
+    np.testing.assert_allclose(np.asarray(sys_err.points), cv.result.labels)
     em = em.with_systematics(sys_err)
     for seed, snr in ((5, 50), (6, 200)):
         test = _set(500, seed, snr=snr)

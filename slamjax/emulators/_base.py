@@ -71,10 +71,11 @@ class LabelSpace(eqx.Module):
 class LabelSystematics(eqx.Module):
     """Systematic label errors of an emulator, measured on V held-out spectra of known labels.
 
-    ``points`` [V, L] are their true labels (physical units) and ``excess`` [V, L, L] the
-    per-spectrum second moment of the label error not explained by the formal covariance,
-    d dᵀ − C (d = fitted − true). The systematic covariance at labels x is the mean excess
-    of the ``k`` held-out spectra nearest to x (Euclidean in labels divided by ``scale``),
+    ``points`` [V, L] are their fitted labels (physical units; a catalogue star is looked up by
+    its fitted labels) and ``excess`` [V, L, L] the per-spectrum second moment of the label
+    error not explained by the formal covariance, d dᵀ − C (d = fitted − true). The systematic
+    covariance at labels x is the mean excess of the ``k`` held-out spectra whose fits lie
+    nearest to x (Euclidean in labels divided by ``scale``),
     projected onto the positive semi-definite matrices: emulators are usually worse in some
     corners of label space (e.g. cool dwarfs) than in the bulk, and one global matrix would
     overstate the errors of most stars and understate those of the few.
