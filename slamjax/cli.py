@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -18,194 +17,34 @@ from pathlib import Path
 import numpy as np
 
 from . import plot as _plot
+from ._cli_common import (
+    _EMULATORS,
+    _FITS_SUFFIXES,
+    _NORMALIZERS,
+    PROG,
+    UsageError,
+    _check_npz,
+    _int_at_least,
+    _load_spectra,
+    _parse_emulators,
+    _parse_grid,
+    _parse_snr,
+    _print_stats,
+    _rate,
+    _split_names,
+    _status_line,
+    apply_selection,
+    parse_selection,
+)
+from ._cli_info import cmd_info
+from ._cli_prep import cmd_prep
 from ._version import __version__
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-PROG = "slamjax"
-_EMULATORS = ("kernel", "cannon", "payne")
-_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
-_SELECT_TERM = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
-)
-_OPS = {"<": np.less, ">": np.greater, "<=": np.less_equal, ">=": np.greater_equal}
-_NORMALIZERS = ("spline", "median", "none")
-_MAX_GRID_PIXELS = 1_000_000
 
-
-class UsageError(Exception):
-    """A bad command-line value detected after parsing (exit status 2)."""
-
-
-# ---------------------------------------------------------------------- helpers
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
-        return value
-
-    return parse
-
-
-def _parse_grid(text: str) -> tuple[float, float, float]:
-    """``"W0,W1,DLOG"``: first and last wavelength [Å] and the log10 step of a log-linear grid."""
-    parts = [s.strip() for s in text.split(",")]
-    try:
-        w0, w1, dlog = (float(s) for s in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected W0,W1,DLOG (three numbers, e.g. 3900,9000,1e-4), got {text!r}"
-        ) from None
-    if not all(np.isfinite(v) for v in (w0, w1, dlog)) or not 0 < w0 < w1:
-        raise argparse.ArgumentTypeError(f"need 0 < W0 < W1 (Å), got {text!r}")
-    if not 0 < dlog < 1:
-        raise argparse.ArgumentTypeError(f"DLOG is the log10 wavelength step and must be in (0, 1), got {dlog:g}")
-    n = (np.log10(w1) - np.log10(w0)) / dlog + 1
-    if n < 2 or n > _MAX_GRID_PIXELS:
-        raise argparse.ArgumentTypeError(f"grid {text!r} has {n:.0f} pixels; need 2 to {_MAX_GRID_PIXELS}")
-    return w0, w1, dlog
-
-
-def _split_names(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no label names in {text!r}")
-    return names
-
-
-def _parse_emulators(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
-    if not names:
-        raise argparse.ArgumentTypeError(f"no emulator names in {text!r}")
-    unknown = [s for s in names if s not in _EMULATORS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown emulator(s) {', '.join(unknown)}; choose from {', '.join(_EMULATORS)}"
-        )
-    return names
-
-
-def _parse_snr(text: str) -> tuple[float, ...]:
-    """``"10,20,40,80"``; an empty string means no S/N ladder."""
-    values = []
-    for part in (s.strip() for s in text.split(",")):
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid S/N value {part!r} in {text!r}") from None
-        if not (np.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"S/N values must be finite and > 0, got {part!r}")
-        values.append(value)
-    return tuple(values)
-
-
-def parse_selection(text: str) -> list[tuple[str, str, float]]:
-    """Parse ``"teff>4000,teff<7000"`` into ``[(label, op, value), ...]`` (comma = and).
-
-    Raises:
-        UsageError: on a term that is not ``<label><op><number>`` with op in ``< > <= >=``.
-    """
-    terms = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        m = _SELECT_TERM.match(part)
-        if m is None:
-            raise UsageError(
-                f"cannot parse --select term {part.strip()!r}; use e.g. 'teff>4000,logg<=4.5' (operators < > <= >=)"
-            )
-        terms.append((m.group(1), m.group(2), float(m.group(3))))
-    if not terms:
-        raise UsageError(f"empty --select expression {text!r}")
-    return terms
-
-
-def apply_selection(ds, terms):
-    """Subset a labelled SpectrumSet by ``parse_selection`` terms (NaN labels never pass)."""
-    if ds.labels is None:
-        raise ValueError("--select needs a data file with labels")
-    keep = np.ones(ds.n_spectra, dtype=bool)
-    for name, op, value in terms:
-        keep &= _OPS[op](ds.label(name), value)
-    if not keep.any():
-        text = ", ".join(f"{n}{o}{v:g}" for n, o, v in terms)
-        raise ValueError(f"--select {text!r} keeps none of the {ds.n_spectra} spectra")
-    return ds[keep]
-
-
-def _existing_file(path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a file")
-    return path
-
-
-def _check_npz(path, what: str) -> Path:
-    """An existing file that looks like an npz archive (checked by its first bytes)."""
-    path = _existing_file(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        raise ValueError(f"{path} is not an npz archive (expected {what})")
-    return path
-
-
-def _load_spectra(path, flux_key: str = "flux"):
-    import slamjax as sj
-
-    path = _check_npz(path, "spectra: an npz with wave, flux, ivar")
-    if _is_model(path):
-        raise ValueError(f"{path} is a slamjax model file, not spectra")
-    return sj.load_npz(path, flux_key=flux_key)
-
-
-def _is_model(path: Path) -> bool:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as err:  # numpy and zipfile raise several types for corrupt input
-        raise ValueError(f"{path} is not a readable npz archive ({err})") from err
-    is_model = hasattr(data, "files") and "__header__" in data.files
-    if hasattr(data, "close"):
-        data.close()
-    return is_model
-
-
-def _fmt(name: str, value: float, sign: bool = False) -> str:
-    if not np.isfinite(value):
-        return "nan"
-    dec = 0 if _plot.label_unit(name) == "K" else 3
-    return f"{value:+.{dec}f}" if sign else f"{value:.{dec}f}"
-
-
-def _print_stats(stats: dict, names) -> None:
-    print(f"  {'label':<8} {'unit':<4} {'bias':>9} {'scatter':>9} {'MAE':>9} {'n':>6} {'n_bad':>6}")
-    for name in names:
-        s = stats[name]
-        print(
-            f"  {name:<8} {_plot.label_unit(name):<4} {_fmt(name, s['bias'], True):>9} "
-            f"{_fmt(name, s['scatter']):>9} {_fmt(name, s['mae']):>9} {s['n']:>6d} {s['n_bad']:>6d}"
-        )
-
-
-def _status_line(summary: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in summary.items())
-
-
-def _rate(n: int, seconds: float) -> str:
-    return f"{n / seconds:.0f} spectra/s" if seconds > 0 else "n/a"
-
-
-# ---------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
     import slamjax as sj
 
@@ -440,252 +279,6 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
-        return "npz"
-    if head.startswith(b"SIMPLE"):
-        return "fits"
-    if head.startswith(b"\x1f\x8b") and path.name.lower().endswith((".fits.gz", ".fit.gz")):
-        return "fits"
-    raise ValueError(
-        f"{path}: unrecognised file type (expected a slamjax model .npz, a spectra .npz or a FITS catalog)"
-    )
-
-
-def _info_model(path: Path) -> None:
-    from .emulators import read_header
-
-    h = read_header(path)
-    static = h.get("static", {})
-    order = f" (order {static['order']})" if "order" in static else ""
-    wave = h.get("wave", {})
-    names = h.get("label_names", [])
-    print(f"{path}: slamjax model file")
-    print(f"  emulator   {h.get('emulator')}{order}")
-    print(f"  format     {h.get('format')} v{h.get('format_version')}, written by slamjax {h.get('slamjax_version')}")
-    print(f"  labels     {', '.join(names)}")
-    print(f"  pixels     {wave.get('n_pixels')}")
-    if "min" in wave:
-        print(f"  wave       {wave['min']:.2f}-{wave['max']:.2f} {wave.get('unit', '')}")
-    scal = h.get("label_scaling", {})
-    if scal:
-        print("  label scaling (physical units; z = (label - mean) / scale):")
-        cols = ("mean", "scale", "train_min", "train_max")
-        print(f"    {'label':<8} " + " ".join(f"{c:>10}" for c in cols))
-        for j, name in enumerate(names):
-            values = " ".join(f"{scal[c][j]:>10.4g}" for c in cols if c in scal)
-            print(f"    {name:<8} {values}")
-
-
-def _info_data(path: Path) -> None:
-    import slamjax as sj
-
-    ds = sj.load_npz(path)
-    bad = ds.ivar == 0
-    print(f"{path}: spectra (npz)")
-    print(f"  spectra    {ds.n_spectra}")
-    print(f"  pixels     {ds.n_pixels}")
-    print(f"  wave       {ds.wave[0]:.2f}-{ds.wave[-1]:.2f} Å")
-    print(f"  flux dtype {ds.flux.dtype}")
-    print(
-        f"  bad pixels {int(bad.sum())} (ivar = 0, in {int(bad.any(axis=1).sum())} spectra; "
-        f"{ds.meta.get('n_nonfinite_flux', 0)} of them from non-finite flux)"
-    )
-    snr = ds.snr
-    if np.isfinite(snr).any():
-        print(f"  median S/N {np.median(snr[np.isfinite(snr)]):.1f}")
-    if ds.labels is None:
-        print("  labels     none")
-        return
-    print(f"  labels     {', '.join(ds.label_names)}")
-    for name in ds.label_names:
-        col = ds.label(name)
-        ok = np.isfinite(col)
-        unit = _plot.label_unit(name)
-        missing = f" ({int((~ok).sum())} NaN)" if not ok.all() else ""
-        if ok.any():
-            lo, hi = col[ok].min(), col[ok].max()
-            print(f"    {name:<8} {_fmt(name, lo)} .. {_fmt(name, hi)} {unit}{missing}")
-        else:
-            print(f"    {name:<8} all NaN")
-    extra = sorted(k for k in ds.meta if k not in ("source", "n_nonfinite_flux"))
-    if extra:
-        print(f"  other      {', '.join(extra)}")
-
-
-def _info_fits(path: Path) -> None:
-    from astropy.io import fits
-    from astropy.table import Table
-
-    from ._result import Status
-
-    with fits.open(path) as hdul:
-        tables = [i for i, hdu in enumerate(hdul) if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))]
-    if not tables:
-        raise ValueError(f"{path} is a FITS file without a table (not a slamjax catalog)")
-    tab = Table.read(path, hdu=tables[0])
-    kind = "slamjax catalog" if "LABELS" in tab.meta else "FITS table"
-    version = f", written by slamjax {tab.meta['SLAMJAX']}" if "SLAMJAX" in tab.meta else ""
-    print(f"{path}: {kind}{version}")
-    print(f"  rows       {len(tab)}")
-    if "LABELS" in tab.meta:
-        print(f"  labels     {tab.meta['LABELS'].replace(',', ', ')}")
-    cols = [name if tab[name].ndim == 1 else f"{name}{list(tab[name].shape[1:])}" for name in tab.colnames]
-    print(f"  columns    {', '.join(cols)}")
-    if "status" in tab.colnames:
-        status = np.asarray(tab["status"])
-        counts = {s.name: int(np.sum(status == s)) for s in Status}
-        other = len(tab) - sum(counts.values())
-        line = _status_line(counts) + (f", unknown {other}" if other else "")
-        print(f"  status     {line}")
-
-
-def cmd_info(args) -> int:
-    path = _existing_file(args.path)
-    kind = _sniff(path)
-    if kind == "fits":
-        _info_fits(path)
-        return 0
-    if _is_model(path):
-        _info_model(path)
-    else:
-        _info_data(path)
-    return 0
-
-
-def _grid_from_npz(path) -> np.ndarray:
-    path = _check_npz(path, "an npz with a 'wave' array, e.g. a training set")
-    with np.load(path, allow_pickle=False) as data:
-        if "wave" not in data.files:
-            raise ValueError(f"{path} has no 'wave' array (keys: {', '.join(sorted(data.files))})")
-        wave = np.asarray(data["wave"], dtype=np.float64)
-    if wave.ndim != 1 or wave.size < 2 or not np.all(np.isfinite(wave)) or not np.all(np.diff(wave) > 0):
-        raise ValueError(f"'wave' in {path} is not a finite, strictly increasing 1-D grid (shape {wave.shape})")
-    return wave
-
-
-def _survey_snr(spectra) -> dict[str, np.ndarray]:
-    """The surveys' own S/N as ``snr_survey`` (scalars) or ``snr_<band>`` arrays, when all files agree on its form."""
-    values = [s.snr for s in spectra]
-    if all(isinstance(v, float) for v in values):
-        return {"snr_survey": np.array(values)}
-    if all(isinstance(v, dict) for v in values) and all(set(v) == set(values[0]) for v in values):
-        return {f"snr_{band}": np.array([v[band] for v in values]) for band in values[0]}
-    return {}
-
-
-def _to_medium(wave, is_vacuum: bool, vacuum: bool) -> np.ndarray:
-    from .preprocess import air_to_vacuum, vacuum_to_air
-
-    if is_vacuum == vacuum:
-        return wave
-    return air_to_vacuum(wave) if vacuum else vacuum_to_air(wave)
-
-
-def cmd_prep(args) -> int:
-    from . import preprocess as pp
-    from ._spectra import SpectrumSet, snr_of
-    from .io import read_spectrum
-
-    out = Path(args.out)
-    if not out.name.lower().endswith(".npz"):
-        raise UsageError(f"--out must be an .npz file name, got {out}")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; use --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output directory {out.parent} does not exist")
-    t0 = time.perf_counter()
-    target = _grid_from_npz(args.grid_from) if args.grid_from is not None else None
-
-    spectra = []
-    for name in args.files:
-        s = read_spectrum(_existing_file(name))
-        if isinstance(s, SpectrumSet):
-            raise ValueError(f"{name} is an npz set of spectra, not a survey spectrum file")
-        spectra.append(s)
-
-    vacuum = args.medium == "vacuum"
-    shifts = np.full(len(spectra), np.nan)  # velocity removed from each file's wavelengths (NaN: none known)
-    waves = []
-    for i, (name, s) in enumerate(zip(args.files, spectra)):
-        wave = s.wave
-        if args.rest_frame:
-            shift = s.meta.get("doppler_shift")
-            if shift is None or not np.isfinite(shift):
-                logger.warning("%s: no known Doppler shift (frame %s); left unshifted", name, s.meta.get("frame"))
-            else:
-                shifts[i] = shift
-                wave = pp.to_rest_frame(wave, shift) if shift != 0 else wave
-        waves.append(_to_medium(wave, s.vacuum, vacuum))
-
-    if args.grid is not None:
-        grid = pp.log_lambda_grid(*args.grid)
-        grid_text = f"log10 step {args.grid[2]:g} (--grid)"
-    elif target is not None:
-        grid = target
-        grid_text = f"from {args.grid_from}"
-    else:
-        grid = _to_medium(spectra[0].wave, spectra[0].vacuum, vacuum)
-        grid_text = f"native grid of {args.files[0]}"
-
-    n, p = len(spectra), grid.size
-    flux = np.empty((n, p))
-    ivar = np.empty((n, p))
-    for i, (s, wave) in enumerate(zip(spectra, waves)):
-        if np.array_equal(wave, grid):
-            flux[i], ivar[i] = s.flux, s.ivar
-        else:
-            flux[i], ivar[i] = pp.resample(wave, s.flux, s.ivar, grid)
-
-    if args.normalize == "spline":
-        flux, ivar, _ = pp.normalize_spline(grid, flux, ivar)
-    elif args.normalize == "median":
-        flux, ivar, _ = pp.normalize_median_poly(grid, flux, ivar)
-    ok = np.atleast_1d(pp.quality_flags(flux, ivar, max_bad=args.max_bad))
-    n_bad = (ivar <= 0).sum(axis=1)
-    snr = snr_of(flux, ivar)
-
-    arrays = dict(
-        wave=grid,
-        flux=flux,
-        ivar=ivar,
-        ids=np.array([s.id for s in spectra]).astype(str),
-        rv=np.array([np.nan if s.rv is None else s.rv for s in spectra]),
-        doppler_shift=shifts,
-        snr=snr,
-        ok=ok,
-        n_bad=n_bad,
-        paths=np.array([str(f) for f in args.files]),
-        products=np.array([str(s.product) for s in spectra]),
-        **_survey_snr(spectra),
-        medium=np.array(args.medium),
-        normalization=np.array(args.normalize),
-    )
-    np.savez_compressed(out, **arrays)
-    seconds = time.perf_counter() - t0
-
-    n_shift = int(np.isfinite(shifts).sum())
-    if not args.rest_frame:
-        frame = "no rest-frame shift (--no-rest-frame)"
-    elif n_shift < n:
-        frame = f"{n_shift} of {n} shifted to the rest frame ({n - n_shift} without a known shift left unshifted)"
-    else:
-        frame = f"all {n} shifted to the rest frame"
-    good_snr = snr[np.isfinite(snr)]
-    snr_text = f", median S/N {np.median(good_snr):.1f}" if good_snr.size else ""
-    products = ", ".join(sorted({str(s.product) for s in spectra}))
-    print(
-        f"prepared {n} spectra from {n} files ({products}) in {seconds:.2f} s: {frame}; {args.medium} wavelengths; "
-        f"resampled onto {p} pixels, {grid[0]:.2f}-{grid[-1]:.2f} Å ({grid_text}); "
-        f"normalisation {args.normalize}; {int((~ok).sum())} flagged with more than {args.max_bad} bad pixels "
-        f"(kept, ok = False){snr_text}; written to {out}"
-    )
-    return 0
-
-
-# ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
