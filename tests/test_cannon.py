@@ -147,3 +147,35 @@ def test_annieslasso_toy_real_apogee():
     # Heavy tails (real outliers) push the median |pull| below the Gaussian 0.674.
     assert 0.45 < np.median(np.abs(pull)) < 0.72
     assert np.all(np.isfinite(np.asarray(em.design)))
+
+
+def test_scatter_solver_finds_the_likelihood_maximum():
+    """The per-pixel s² solver against a brute-force scan of ln L over a fine ln s² grid:
+    heteroscedastic noise, true s² from 0 to above the noise, masked stars, a pixel with
+    residuals below the noise (maximum at s -> 0) and a pixel with no good star."""
+    import jax.numpy as jnp
+
+    from slamjax.emulators._cannon import _LN_S2_MAX, _LN_S2_MIN, _max_likelihood_ln_s2
+
+    rng = np.random.default_rng(3)
+    n_pix, n = 40, 300
+    sig2 = rng.uniform(0.3, 3.0, (n_pix, n)) * 1e-4
+    s2_true = np.concatenate([[0.0, 0.0], np.geomspace(1e-6, 1e-2, n_pix - 2)])
+    r2 = rng.normal(size=(n_pix, n)) ** 2 * (sig2 + s2_true[:, None])
+    r2[0] *= 0.5  # residuals below the noise: maximum at the lower end
+    good = rng.uniform(size=(n_pix, n)) > 0.1
+    good[1] = False  # no usable star
+    u = np.asarray(_max_likelihood_ln_s2(jnp.asarray(r2), jnp.asarray(sig2), jnp.asarray(good), jnp.full(n_pix, -50.0)))
+
+    grid = np.linspace(_LN_S2_MIN, _LN_S2_MAX, 20001)
+    var = sig2[:, None, :] + np.exp(grid)[None, :, None]
+    nll = 0.5 * np.sum(np.where(good[:, None, :], r2[:, None, :] / var + np.log(var), 0.0), axis=2)
+    best = grid[np.argmin(nll, axis=1)]
+    at = 0.5 * np.sum(np.where(good, r2 / (sig2 + np.exp(u)[:, None]) + np.log(sig2 + np.exp(u)[:, None]), 0.0), axis=1)
+    assert np.all(at <= nll.min(axis=1) + 1e-9), at - nll.min(axis=1)  # at least as good as the scan
+    inner = (best > _LN_S2_MIN + 0.1) & (best < _LN_S2_MAX - 0.1)
+    np.testing.assert_allclose(u[inner], best[inner], atol=2e-3)  # grid step 1.5e-3
+    assert u[0] == _LN_S2_MIN and u[1] == _LN_S2_MIN
+    # warm start from the answer: unchanged
+    u2 = np.asarray(_max_likelihood_ln_s2(jnp.asarray(r2), jnp.asarray(sig2), jnp.asarray(good), jnp.asarray(u)))
+    np.testing.assert_allclose(u2, u, atol=1e-8)
