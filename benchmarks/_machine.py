@@ -186,9 +186,24 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _git_head() -> str | None:
-    """The checked-out commit, read from ``.git`` files (no git command; the tree may be dirty)."""
-    git = REPO_ROOT / ".git"
+def _git_head(root: Path = REPO_ROOT) -> str | None:
+    """The checked-out commit of the repository at ``root``, read from ``.git`` files (no git
+    command; the tree may be dirty). A worktree's ``.git`` file points to its own git dir."""
+    git = root / ".git"
+    if git.is_file():  # worktree: "gitdir: <path>"; its refs live in the common dir
+        text = _read(git) or ""
+        if not text.startswith("gitdir:"):
+            return None
+        wt = Path(text.split(":", 1)[1].strip())
+        head = _read(wt / "HEAD")
+        if head and not head.strip().startswith("ref:"):
+            return head.strip()
+        common = _read(wt / "commondir")
+        git = (wt / common.strip()).resolve() if common else wt
+        if head:
+            sha = _read(git / head.strip().split(None, 1)[1])
+            return sha.strip() if sha else None
+        return None
     head = _read(git / "HEAD")
     if head is None:
         return None
@@ -270,7 +285,8 @@ def machine_info() -> dict:
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
         "versions": _versions(),
         "slamjax_path": None if slamjax_mod is None else str(Path(slamjax_mod.__file__).resolve().parent),
-        "git_head": _git_head(),
+        # the commit of the slamjax actually imported (PYTHONPATH may point at another checkout)
+        "git_head": _git_head(Path(slamjax_mod.__file__).resolve().parent.parent) if slamjax_mod else _git_head(),
         "jax": _jax_info(),
         "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},
     }
