@@ -6,9 +6,9 @@ for the quadratic model). Training maximises, for every pixel p independently,
     ln L_p = -1/2 Σ_n [ (f_np - θ_p·v_n)² / (σ_np² + s_p²) + ln(σ_np² + s_p²) ]
 
 by alternating the exact weighted least-squares solution for θ_p at fixed s_p² with a 1-D
-maximisation over s_p² at fixed θ_p (safeguarded Newton on the score in ln s_p²); each half-step
-cannot decrease ln L_p. All pixels are
-solved at once (the normal matrices are one matrix product over stars).
+maximisation over s_p² at fixed θ_p (safeguarded Newton / Fisher scoring on the score); each
+half-step cannot decrease ln L_p. All pixels are solved at once (the normal matrices are one
+matrix product over stars).
 """
 
 from __future__ import annotations
@@ -162,9 +162,6 @@ def _train_pixels(v, flux, ivar, n_iter: int, fit_scatter: bool):
         resid = flux - v @ theta.T  # [N, P]
         r2 = jnp.where(good, resid**2, 0.0).T  # [P, N]: reductions along the contiguous axis
         sig2 = jnp.where(good, 1.0 / jnp.where(good, ivar, 1.0), 1.0).T
-        # Materialise the transposed arrays once: fused into the solver's loop, XLA recomputed
-        # them (strided) in every iteration (1000 x 7214 px: 1.6 s per alternation instead of 0.3 s).
-        r2, sig2 = jax.lax.optimization_barrier((r2, sig2))
         u_prev = jnp.log(jnp.maximum(s2_prev, jnp.exp(_LN_S2_MIN)))
         return jnp.exp(_max_likelihood_ln_s2(r2, sig2, good.T, u_prev))
 
