@@ -175,7 +175,7 @@ def _systematics(res, true, subtract_cov, scale, k, what) -> LabelSystematics:
     The excess is placed at the FITTED labels, not the true ones: a catalogue star is looked up
     by its fitted labels, so the map must give E[d dᵀ | fitted labels]. Where the emulator is
     biased the two differ (a quadratic Cannon on non-quadratic spectra, synthetic benchmark:
-    Teff pull std 1.19-1.21 keyed at the true labels, 1.15-1.18 at the fitted ones, over S/N 20-200).
+    Teff pull std 1.19-1.21 keyed at the true labels, 1.18 at the fitted ones, over S/N 20-200).
     """
     ok = (res.status <= 2) & np.all(np.isfinite(true), axis=1) & np.all(np.isfinite(res.labels), axis=1)
     if ok.sum() < 2:
@@ -188,7 +188,7 @@ def _systematics(res, true, subtract_cov, scale, k, what) -> LabelSystematics:
         points=jnp.asarray(res.labels[ok]),
         excess=jnp.asarray(excess),
         scale=jnp.asarray(np.asarray(scale)),
-        k=int(min(k, len(true))),
+        k=int(min(k, ok.sum())),
     )
 
 

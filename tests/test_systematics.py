@@ -166,3 +166,20 @@ def test_nested_cross_validation_with_inner_systematics():
     assert all(0.7 < st[1][n]["pull_std"] < 1.4 for n in NAMES), st[1]
     with pytest.raises(ValueError, match="systematics_k"):
         sj.validate.cross_validate(ds, "cannon", k=3, systematics_k=1)
+
+
+def test_systematics_k_is_clipped_to_the_usable_fits():
+    """k larger than the number of usable fits (failed fits dropped) is clipped, not an error;
+    the points are the fitted labels of the usable fits."""
+    from types import SimpleNamespace
+
+    from slamjax.validate import _systematics
+
+    rng = np.random.default_rng(1)
+    true = rng.normal(size=(10, 2))
+    labels = true + 0.1 * rng.normal(size=(10, 2))
+    labels[:4] = np.nan  # four failed fits
+    res = SimpleNamespace(labels=labels, cov=np.tile(np.eye(2) * 1e-4, (10, 1, 1)), status=np.zeros(10, int))
+    s = _systematics(res, true, True, np.ones(2), 30, "test")
+    assert s.k == 6 and s.points.shape == (6, 2)
+    np.testing.assert_allclose(np.asarray(s.points), labels[4:])
