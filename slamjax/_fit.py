@@ -29,7 +29,7 @@ from ._lm import SCREEN_STEPS as _SCREEN_STEPS
 from ._lm import levenberg_marquardt
 from ._result import FitResult, Status
 from ._spectra import SpectrumSet, snr_of
-from .emulators._base import AbstractEmulator, AbstractLinearEmulator
+from .emulators._base import AbstractEmulator, AbstractLinearEmulator, _fit_view
 
 logger = logging.getLogger(__name__)
 
@@ -229,10 +229,14 @@ def fit_labels(
             templates_z = (templates - mean) / scale
             n_starts = min(n_starts - 1, templates.shape[0])
 
-    em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, em)
+    em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, _fit_view(em))
     common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
     if templates_z is not None:
-        common["templates"] = templates_z.astype(dtype)
+        # Padded to a shape grid (the padding rows never start a fit): training sets of nearby
+        # sizes, e.g. cross-validation folds, share one compiled fit.
+        k_pad = _chunk_shape(templates_z.shape[0], templates_z.shape[0])
+        common["templates"] = _pad(templates_z, k_pad - templates_z.shape[0], 0.0).astype(dtype)
+        common["templates_ok"] = np.arange(k_pad) < templates_z.shape[0]
         if not isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
             # Template spectra once, not once per chunk (512 model evaluations per chunk).
             common["templates_flux"] = _template_flux(em_c, common["templates"])
@@ -261,14 +265,17 @@ def fit_labels(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
     if max_steps > first and redo.size:
-        common2 = {k: v for k, v in common.items() if k not in ("templates", "templates_flux")}
+        common2 = {k: v for k, v in common.items() if k not in ("templates", "templates_ok", "templates_flux")}
         rows2 = {k: v[redo] for k, v in rows.items() if k != "starts"}
         if nuis is None:
             rows2["starts"] = cat["z"][redo][:, None, :]
         else:
             rows2["starts"] = cat["x"][redo][:, None, :]
             rows2["v0"] = cat["v0"][redo]
-        sub = _run_chunks(em_c, rows2, common2, 1, max_steps - first, settings | {"progress": False}, snr=False)
+        # Power-of-two batch shapes of at least 16: the number of slow fits varies from call to
+        # call, and each new shape would compile again; padding this small subset costs little.
+        settings2 = settings | {"progress": False, "pow2": True}
+        sub = _run_chunks(em_c, rows2, common2, 1, max_steps - first, settings2, snr=False)
         for k, v in sub.items():
             cat[k][redo] = v
         cat["n_steps"][redo] += first
@@ -352,6 +359,8 @@ def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
     n = flux.shape[0]
     dtype = settings["dtype"]
     chunk = _chunk_shape(n, settings["chunk_size"])
+    if settings.get("pow2"):  # at least 16 (unless chunk_size is smaller): fewer distinct shapes
+        chunk = 1 << int(np.ceil(np.log2(max(chunk, min(16, settings["chunk_size"])))))
     out: dict[str, np.ndarray] = {}
     for i0 in _progress(range(0, n, chunk), settings["progress"], total=-(-n // chunk)):
         i1 = min(i0 + chunk, n)
@@ -512,7 +521,7 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
         else:
             flux_t = args["templates_flux"]  # [K, P], computed once per fit_labels call
             obj_t = jnp.sum(w * f * f, axis=1)[:, None] - 2.0 * (w * f) @ flux_t.T + w @ (flux_t * flux_t).T + prior_t
-        obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
+        obj_t = jnp.where(jnp.isfinite(obj_t) & args["templates_ok"][None, :], obj_t, jnp.inf)
         # Rank in float32: XLA's CPU top_k sorts float64 (~40x slower); only the choice of
         # starting points depends on it.
         _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)

@@ -147,7 +147,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             f_r, w_r = f, w
         obj_t, scale_t = _segment_chi2(f_r, w_r, flux_t, segments, cont_on)
         obj_t = obj_t + jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
-        obj_t = jnp.where(jnp.isfinite(obj_t), obj_t, jnp.inf)
+        obj_t = jnp.where(jnp.isfinite(obj_t) & args["templates_ok"][None, :], obj_t, jnp.inf)
         _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
         scale_t = jnp.take_along_axis(scale_t, idx[:, :, None], axis=1)  # [B, S, n_seg]
         starts = templates[idx] if starts is None else jnp.concatenate([starts, templates[idx]], axis=1)

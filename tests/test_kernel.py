@@ -136,6 +136,30 @@ def test_analytic_jacobian_equals_autodiff():
         np.testing.assert_allclose(jac, jax.jacfwd(em)(x), rtol=1e-9, atol=1e-10)
 
 
+def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():
+    """Fold models padded to one γ-group layout and centre count predict exactly as before, and
+    cross_validate compiles the fit once for all folds instead of once per fold."""
+    from slamjax._fit import _fit_chunk
+
+    ds, _ = _smooth_problem(m=150, p=25, seed=4)
+    fold = sj.validate.kfold_indices(ds.n_spectra, 3, seed=0)
+    grid = dict(gamma_grid=(0.03, 0.1, 0.3, 1.0), lam_grid=(1e-3, 0.1))
+    ems = [sj.KernelEmulator.train(ds[fold != i], **grid) for i in range(3)]
+    assert len({e.groups for e in ems}) > 1 or len({e.x_train.shape for e in ems}) > 1  # they did differ
+    padded = sj.KernelEmulator._common_shapes(ems)
+    assert len({e.groups for e in padded}) == 1
+    assert len({(e.x_train.shape, e.coef.shape, e.gammas.shape) for e in padded}) == 1
+    for e, q in zip(ems, padded):
+        for x in ds.labels[:3]:
+            np.testing.assert_allclose(q(x), e(x), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(q.flux_and_jacobian(x)[1], e.flux_and_jacobian(x)[1], rtol=1e-10, atol=1e-12)
+    before = _fit_chunk._cache_size()
+    cv = sj.validate.cross_validate(ds, "kernel", k=3, train_kwargs=grid, max_steps=200)
+    # phase 1 (all spectra) and at most one phase-2 shape (the slow fits), not one of each per fold
+    assert _fit_chunk._cache_size() - before <= 2
+    assert np.mean(cv.result.status == Status.CONVERGED) > 0.95
+
+
 def test_bad_training_pixels_are_imputed_not_used():
     ds, _ = _smooth_problem(m=200, p=10, seed=2)
     flux, ivar = ds.flux.copy(), ds.ivar.copy()

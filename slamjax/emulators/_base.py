@@ -195,6 +195,13 @@ class AbstractEmulator(eqx.Module):
                 )
         return _replace_systematics(self, systematics)
 
+    @classmethod
+    def _common_shapes(cls, ems):
+        """Equivalent emulators whose arrays and static fields have the same shapes, so that one
+        compiled fit serves all (cross-validation folds); the default is ``ems`` unchanged, right for
+        emulators whose shapes do not depend on the training set."""
+        return list(ems)
+
 
 class AbstractLinearEmulator(AbstractEmulator):
     """An emulator linear in a small feature vector: ``flux = design @ features(z)``.
@@ -212,6 +219,20 @@ class AbstractLinearEmulator(AbstractEmulator):
 
     def __call__(self, labels):
         return self.design @ self.features(self.space.standardise(labels))
+
+
+def _fit_view(em):
+    """``em`` as the compiled fit sees it: without the training labels and the systematics, which
+    only the host-side code uses. Emulators trained on different sets of stars (cross-validation
+    folds) then differ only in arrays whose shapes they share, and one compilation serves them all."""
+
+    def is_space(x):
+        return isinstance(x, LabelSpace)
+
+    def slim(x):
+        return dataclasses.replace(x, train=x.train[:1], systematics=None) if is_space(x) else x
+
+    return jax.tree.map(slim, em, is_leaf=is_space)
 
 
 def _replace_systematics(em, cov):

@@ -35,6 +35,7 @@ fixed features, one |F| × |F| solve per fold, γ and λ shared by all pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import equinox as eqx
@@ -127,6 +128,54 @@ class KernelEmulator(AbstractEmulator):
         jz = jnp.concatenate(js)[self.inverse]
         flux = y * self.flux_scale + self.flux_mean
         return flux, jz * self.flux_scale[:, None] / self.space.scale[None, :]
+
+    @classmethod
+    def _common_shapes(cls, ems):
+        """Equivalent emulators with one static γ-group layout and one number of kernel centres.
+
+        Emulators trained on different stars (cross-validation folds) pick different γ per pixel
+        and have different numbers of centres, so each would compile its own fit. Here every model
+        gets the union of the γ values, each group padded to its largest size over ``ems`` with
+        zero-coefficient columns (``inverse`` never reads them back), and the centres padded with
+        zero-coefficient rows. Predictions are unchanged; the padding costs a few columns.
+        """
+        ems = list(ems)
+        if len(ems) < 2 or any(type(e) is not cls for e in ems):
+            return ems
+        gams = np.unique(np.concatenate([np.asarray(e.gammas) for e in ems]))
+        sizes = np.zeros(gams.size, dtype=np.int64)
+        for e in ems:
+            for g, (start, stop) in zip(np.asarray(e.gammas), e.groups):
+                j = int(np.searchsorted(gams, g))
+                sizes[j] = max(sizes[j], stop - start)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        groups = tuple((int(offsets[j]), int(offsets[j + 1])) for j in range(gams.size))
+        m = max(e.x_train.shape[0] for e in ems)
+        out = []
+        for e in ems:
+            coef_old = np.asarray(e.coef)
+            coef = np.zeros((m, int(offsets[-1])), coef_old.dtype)
+            new_col = np.empty(coef_old.shape[1], dtype=np.int64)  # old column -> new column
+            for g, (start, stop) in zip(np.asarray(e.gammas), e.groups):
+                o = int(offsets[int(np.searchsorted(gams, g))])
+                coef[: coef_old.shape[0], o : o + stop - start] = coef_old[:, start:stop]
+                new_col[start:stop] = np.arange(o, o + stop - start)
+            x = np.zeros((m, e.x_train.shape[1]), np.asarray(e.x_train).dtype)
+            x[: e.x_train.shape[0]] = np.asarray(e.x_train)
+            order = np.full(coef.shape[1], -1, dtype=np.asarray(e.order).dtype)  # -1: padding column
+            order[new_col] = np.asarray(e.order)
+            out.append(
+                dataclasses.replace(
+                    e,
+                    x_train=jnp.asarray(x),
+                    coef=jnp.asarray(coef),
+                    order=jnp.asarray(order),
+                    inverse=jnp.asarray(new_col[np.asarray(e.inverse)].astype(np.asarray(e.inverse).dtype)),
+                    gammas=jnp.asarray(gams),
+                    groups=groups,
+                )
+            )
+        return out
 
     @classmethod
     def train(
