@@ -9,6 +9,20 @@ increase (λ shrinks after an accepted step and grows tenfold after a rejected o
 Convergence uses the Gauss-Newton decrement gᵀH⁻¹g: the objective decrease the full
 Gauss-Newton step predicts, which is also the squared distance to the minimum in units
 of the formal label errors. It is scale-free, so one tolerance serves every problem.
+
+Structured secant term (Dennis, Gay & Welsch 1981, the NL2SOL idea). Gauss-Newton drops the
+residual-curvature term Σ w r ∇²model of the Hessian. Where the model does not fit (real
+spectra) that term matters: on MILES the kernel emulator's Gauss-Newton steps overshot by up
+to ~1.8× along one direction, so the fit zig-zagged towards the minimum with a linear rate
+and took 20-64 steps. The step therefore uses H + S, where S estimates that term from the
+gradients already computed at accepted steps: with s the step and y = g_new − g_old, the
+secant condition is S s = y − H_old s. S is sized down when it overstates the curvature along
+s (factor min(1, |sᵀ(y − H_old s)| / |sᵀSs|)) and updated by the symmetric rank-two formula
+S += (v yᵀ + y vᵀ)/(yᵀs) − (vᵀs) y yᵀ/(yᵀs)², v = y − H_old s − S s, only when yᵀs > 0.
+When H + S is not positive definite the step falls back to H. S changes the path only: the
+convergence test, the accepted objective and the returned H (the covariance) are unchanged.
+Measured on the MILES peer benchmark (16 test stars restarted off their minimum): 20-64 steps
+→ 6-12 for the slow ones, 5-13 → 5-6 for the others.
 """
 
 from __future__ import annotations
@@ -61,21 +75,28 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
     conv0 = finite0 & (dec0 < tol)
     lam0 = jnp.asarray(_LAMBDA0, obj0.dtype)
     zero = jnp.asarray(0)
-    init = (x0, obj0, g0, h0, lam0, zero, zero, conv0, ~finite0 | conv0, dec0)
+    s0 = jnp.zeros_like(h0)
+    init = (x0, obj0, g0, h0, lam0, zero, zero, conv0, ~finite0 | conv0, dec0, s0)
 
     def cond(state):
         return ~state[8]
 
     def body(state):
-        x, obj, g, h, lam, k, n_small, _, _, _ = state
-        gf, hf = _masked(_free(x, g, lo, hi), g, h)
+        x, obj, g, h, lam, k, n_small, _, _, _, s_mat = state
+        free = _free(x, g, lo, hi)
+        gf, hf = _masked(free, g, h)
+        _, hs = _masked(free, g, h + s_mat)
         d = jnp.diag(hf)
         d = jnp.maximum(d, 1e-12 * jnp.max(d))
-        delta = -jnp.linalg.solve(hf + lam * jnp.diag(d), gf)
+        # H + S where it is positive definite (finite Cholesky factor), else Gauss-Newton alone.
+        spd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(hs + lam * jnp.diag(d))))
+        a = jnp.where(spd, hs, hf) + lam * jnp.diag(d)
+        delta = -jnp.linalg.solve(a, gf)
         x_new = jnp.clip(x + delta, lo, hi)
         obj_new, g_new, h_new = normal(x_new)
         ok = jnp.isfinite(obj_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(h_new))
         accept = ok & (obj_new <= obj)
+        s_mat = jnp.where(accept, _secant_update(s_mat, x_new - x, g_new - g, h), s_mat)
         # Count consecutive steps that lowered the objective by less than tol: at the
         # rounding floor (float32) the decrement cannot reach tol, only get close.
         small = ~accept | (obj - obj_new < tol)
@@ -91,7 +112,22 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
         at_floor = (stalled | (n_small >= 3)) & (dec < 100.0 * tol)
         conv = (dec < tol) | at_floor
         done = conv | stalled | (k >= max_steps)
-        return x, obj, g, h, lam, k, n_small, conv, done, dec
+        return x, obj, g, h, lam, k, n_small, conv, done, dec, s_mat
 
-    x, obj, g, h, _, k, _, conv, _, dec = jax.lax.while_loop(cond, body, init)
+    x, obj, g, h, _, k, _, conv, _, dec, _ = jax.lax.while_loop(cond, body, init)
     return x, obj, h, k, conv, dec, g
+
+
+def _secant_update(s_mat, step, y, h_old):
+    """Structured secant update of the residual-curvature estimate S (module docstring)."""
+    ys = y @ step
+    y_sharp = y - h_old @ step
+    sss = step @ s_mat @ step
+    denom = jnp.where(sss != 0, jnp.abs(sss), 1.0)
+    size = jnp.where(sss != 0, jnp.minimum(1.0, jnp.abs(step @ y_sharp) / denom), 1.0)
+    s_sized = size * s_mat
+    v = y_sharp - s_sized @ step
+    ys_safe = jnp.where(ys > 0, ys, 1.0)
+    new = s_sized + (jnp.outer(v, y) + jnp.outer(y, v)) / ys_safe - (v @ step) * jnp.outer(y, y) / ys_safe**2
+    usable = (ys > 0) & jnp.all(jnp.isfinite(new))
+    return jnp.where(usable, new, s_mat)
