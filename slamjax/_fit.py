@@ -232,9 +232,10 @@ def fit_labels(
     em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, _fit_view(em))
     common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
     if templates_z is not None:
-        # Padded to a shape grid (the padding rows never start a fit): training sets of nearby
-        # sizes, e.g. cross-validation folds, share one compiled fit.
-        k_pad = _chunk_shape(templates_z.shape[0], templates_z.shape[0])
+        # Padded to a power of two (the padding rows never start a fit): training sets of nearby
+        # sizes, e.g. cross-validation folds, share one compiled fit. (A finer grid split 96- and
+        # 97-star folds into two compilations.)
+        k_pad = 1 << int(np.ceil(np.log2(templates_z.shape[0])))
         common["templates"] = _pad(templates_z, k_pad - templates_z.shape[0], 0.0).astype(dtype)
         common["templates_ok"] = np.arange(k_pad) < templates_z.shape[0]
         if not isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:

@@ -97,16 +97,21 @@ def cross_validate(
     models = type(models[0])._common_shapes(models)
     t_train = time.perf_counter() - t0
     parts = []
+    n_max = int(np.bincount(fold).max())
     t0 = time.perf_counter()
     for i, em in enumerate(models):
-        parts.append((np.flatnonzero(fold == i), fit_labels(em, ds[fold == i], **fit_kwargs)))
+        idx = np.flatnonzero(fold == i)
+        # Fold sizes differ by one; each batch size would compile its own fit, so every fold is
+        # fitted as n_max spectra (repeats of its first star, whose extra fits are dropped).
+        padded = np.concatenate([idx, np.full(n_max - idx.size, idx[0])])
+        parts.append((idx, fit_labels(em, ds[padded], **fit_kwargs)))
     t_fit = time.perf_counter() - t0
     order = np.concatenate([idx for idx, _ in parts])
     inv = np.empty_like(order)
     inv[order] = np.arange(order.size)
 
     def cat(name):
-        return np.concatenate([getattr(r, name) for _, r in parts])[inv]
+        return np.concatenate([getattr(r, name)[: idx.size] for idx, r in parts])[inv]
 
     result = FitResult(
         labels=cat("labels"),

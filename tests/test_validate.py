@@ -34,6 +34,22 @@ def test_cross_validate_keeps_order_and_never_trains_on_the_test_star():
         sj.validate.cross_validate(ds, emulator="nope")
 
 
+def test_cross_validate_with_unequal_folds_equals_fold_by_fold_fits():
+    """Folds of 51 and 50 stars are fitted as equal batches (for one compilation); the padding
+    fits are dropped and every star's result is its own fold model's fit."""
+    ds = _labelled_set(n=203)
+    cv = sj.validate.cross_validate(ds, emulator="cannon", k=4, seed=2)
+    assert sorted(set(np.bincount(cv.fold))) == [50, 51]
+    for i in range(4):
+        sel = cv.fold == i
+        em = sj.CannonEmulator.train(ds[~sel])
+        res = sj.fit_labels(em, ds[sel])
+        np.testing.assert_allclose(cv.result.labels[sel], res.labels, rtol=1e-9)
+        np.testing.assert_allclose(cv.result.cov[sel], res.cov, rtol=1e-7)
+        np.testing.assert_array_equal(cv.result.status[sel], res.status)
+        np.testing.assert_array_equal(cv.result.ids[sel], ds.ids[sel])
+
+
 def test_reject_outliers_finds_planted_bad_labels():
     ds = _labelled_set(n=250, seed=3)
     labels = ds.labels.copy()
