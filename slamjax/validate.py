@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -101,17 +102,14 @@ def cross_validate(
     t0 = time.perf_counter()
     for i, em in enumerate(models):
         idx = np.flatnonzero(fold == i)
-        # Fold sizes differ by one; each batch size would compile its own fit, so every fold is
-        # fitted as n_max spectra (repeats of its first star, whose extra fits are dropped).
-        padded = np.concatenate([idx, np.full(n_max - idx.size, idx[0])])
-        parts.append((idx, fit_labels(em, ds[padded], **fit_kwargs)))
+        parts.append((idx, _fit_padded(em, ds, idx, n_max, fit_kwargs)))
     t_fit = time.perf_counter() - t0
     order = np.concatenate([idx for idx, _ in parts])
     inv = np.empty_like(order)
     inv[order] = np.arange(order.size)
 
     def cat(name):
-        return np.concatenate([getattr(r, name)[: idx.size] for idx, r in parts])[inv]
+        return np.concatenate([getattr(r, name) for _, r in parts])[inv]
 
     result = FitResult(
         labels=cat("labels"),
@@ -194,6 +192,21 @@ def _systematics(res, true, subtract_cov, scale, k, what) -> LabelSystematics:
         scale=jnp.asarray(np.asarray(scale)),
         k=int(min(k, ok.sum())),
     )
+
+
+def _fit_padded(em, ds, idx, n_rows, fit_kwargs) -> FitResult:
+    """``fit_labels(em, ds[idx])`` run as a batch of ``n_rows`` spectra (``idx`` padded with repeats
+    of its first star, whose fits are dropped). Folds differ in size by one star, and every batch
+    size would compile its own fit; padded to the largest fold they share one compilation."""
+    padded = np.concatenate([idx, np.full(n_rows - idx.size, idx[0])])
+    res = fit_labels(em, ds[padded], **fit_kwargs)
+    if n_rows == idx.size:
+        return res
+    trimmed = {}
+    for f in dataclasses.fields(res):
+        v = getattr(res, f.name)
+        trimmed[f.name] = v[: idx.size] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n_rows else v
+    return FitResult(**trimmed)
 
 
 def _fold_model(train, emulator, train_kwargs, systematics_k, seed, fit_kwargs):
@@ -389,13 +402,15 @@ def snr_ladder(
         raise ValueError(f"systematics_k must be >= 2, got {systematics_k}")
     fold = kfold_indices(ds.n_spectra, k, seed)
     n = ds.n_spectra
+    n_max = int(np.bincount(fold).max())
     labels = errors = status = None
-    for i in range(k):
-        em = _fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs)
+    models = [_fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs) for i in range(k)]
+    models = type(models[0])._common_shapes(models)  # one compiled fit for all folds (cross_validate)
+    for i, em in enumerate(models):
         idx = np.flatnonzero(fold == i)
         for r, snr in enumerate(snrs):
             test = degrade(ds[idx], snr, seed=seed + 1000 * r + i)
-            res = fit_labels(em, test, **fit_kwargs)
+            res = _fit_padded(em, test, np.arange(idx.size), n_max, fit_kwargs)
             if labels is None:
                 labels = np.full((len(snrs), n, res.labels.shape[1]), np.nan)
                 errors = np.full_like(labels, np.nan)
@@ -460,15 +475,18 @@ def training_spread(
         raise ValueError("training_spread needs a labelled SpectrumSet and k_inner >= 2")
     fold = kfold_indices(ds.n_spectra, k, seed)
     n = ds.n_spectra
+    n_max = int(np.bincount(fold).max())
     mean = spread = formal = None
+    models = []
     for i in range(k):
         train_idx = np.flatnonzero(fold != i)
-        test_idx = np.flatnonzero(fold == i)
         inner = kfold_indices(train_idx.size, k_inner, seed + 1 + i)
-        fits = []
         for j in range(k_inner):
-            em = _EMULATORS[emulator].train(ds[train_idx[inner != j]], **(train_kwargs or {}))
-            fits.append(fit_labels(em, ds[test_idx], **fit_kwargs))
+            models.append(_EMULATORS[emulator].train(ds[train_idx[inner != j]], **(train_kwargs or {})))
+    models = type(models[0])._common_shapes(models)  # one compiled fit for all k · k_inner models
+    for i in range(k):
+        test_idx = np.flatnonzero(fold == i)
+        fits = [_fit_padded(em, ds, test_idx, n_max, fit_kwargs) for em in models[i * k_inner : (i + 1) * k_inner]]
         lab = np.stack([f.labels for f in fits])
         err = np.stack([f.labels_err for f in fits])
         if mean is None:
@@ -480,6 +498,6 @@ def training_spread(
         # jackknife variance (k − 1)/k Σ (θ_j − θ̄)² = (k − 1)²/k · s² estimates it.
         spread[test_idx] = np.sqrt((k_inner - 1) / k_inner * np.sum((lab - lab.mean(axis=0)) ** 2, axis=0))
         formal[test_idx] = err.mean(axis=0)
-    names = em.label_names
+    names = models[0].label_names
     true = np.stack([ds.label(nm) for nm in names], axis=1)
     return SpreadResult(mean, spread, formal, true, names)
