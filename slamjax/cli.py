@@ -82,7 +82,7 @@ def cmd_demo(args) -> int:
     print(f"status: {_status_line(res.summary())}")
     print(
         f"timing: train {cv.train_seconds:.2f} s ({k} models), fit {cv.fit_seconds:.2f} s "
-        f"({_rate(ds.n_spectra, cv.fit_seconds)}; {ds.flux.dtype}; includes JIT compilation)"
+        f"({_rate(ds.n_spectra, cv.fit_seconds)}; {_fit_dtype(res, ds)}; includes JIT compilation)"
     )
 
     png_path = out / "demo_one_to_one.png"
@@ -279,6 +279,11 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def _fit_dtype(res, ds) -> str:
+    """The dtype the fits ran in (the kernel emulator fits float32 flux in float64)."""
+    return str(res.model_flux.dtype if res.model_flux is not None else ds.flux.dtype)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -427,7 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the folds, the added noise and the Payne (default 0)")
     p.add_argument("--n-starts", type=_int_at_least(1), default=3, help="starting points per spectrum (default 3)")
-    p.add_argument("--float32", action="store_true", help="fit in float32 (default: the dtype of the flux)")
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="fit in float32 (default: the dtype of the flux; float64 for the kernel emulator)",
+    )
     p.add_argument(
         "--cod",
         action=argparse.BooleanOptionalAction,

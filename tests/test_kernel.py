@@ -160,6 +160,29 @@ def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():
     assert np.mean(cv.result.status == Status.CONVERGED) > 0.95
 
 
+def test_float32_flux_is_fitted_in_float64_by_default(caplog):
+    """The kernel sum cancels (large coefficients), so float32 flux is fitted in float64 unless
+    float32 is asked for, which is honoured with a warning."""
+    ds, clean = _smooth_problem(m=150, p=25, seed=4)
+    em = sj.KernelEmulator.train(ds, gamma_grid=(0.1, 0.3, 1.0), lam_grid=(1e-3, 0.1))
+    assert not em.float32_ok
+    lab = ds.labels[:20] * 0.98 + 0.02 * ds.labels.mean(axis=0)
+    flux = (clean(lab) + np.random.default_rng(0).normal(size=(20, 25)) / 200).astype(np.float32)
+    ivar = np.full_like(flux, 200.0**2)
+    r_default = sj.fit_labels(em, flux, ivar)
+    r64 = sj.fit_labels(em, flux, ivar, dtype=np.float64)
+    assert r_default.model_flux.dtype == np.float64
+    np.testing.assert_array_equal(r_default.labels, r64.labels)
+    with caplog.at_level("WARNING"):
+        r32 = sj.fit_labels(em, flux, ivar, dtype=np.float32)
+    assert r32.model_flux.dtype == np.float32
+    assert "float32" in caplog.text and "KernelEmulator" in caplog.text
+    # the Cannon keeps float32 (its model is exact to ~1e-7 in float32)
+    cannon = sj.CannonEmulator.train(ds)
+    assert cannon.float32_ok
+    assert sj.fit_labels(cannon, flux, ivar).model_flux.dtype == np.float32
+
+
 def test_bad_training_pixels_are_imputed_not_used():
     ds, _ = _smooth_problem(m=200, p=10, seed=2)
     flux, ivar = ds.flux.copy(), ds.ivar.copy()

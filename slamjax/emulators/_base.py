@@ -166,6 +166,12 @@ class AbstractEmulator(eqx.Module):
     def n_pixels(self) -> int:
         return self.wave.shape[0]
 
+    @property
+    def float32_ok(self) -> bool:
+        """Whether the model keeps its accuracy when evaluated in float32 (``fit_labels`` then
+        fits float32 flux in float32 by default). True unless an emulator says otherwise."""
+        return True
+
     def flux_and_jacobian(self, labels):
         """Model flux [P] and its Jacobian d flux / d labels [P, L] (physical units)."""
         return self(labels), jax.jacfwd(self)(labels)

@@ -74,6 +74,10 @@ class ContinuumNormalized(AbstractEmulator):
     degree: int = eqx.field(static=True)
     segments: tuple[tuple[int, int], ...] = eqx.field(static=True)
 
+    @property
+    def float32_ok(self) -> bool:
+        return self.inner.float32_ok
+
     def continuum(self, flux):
         """The fitted continuum [P] of an un-normalised spectrum ``flux`` [P]."""
         return self.basis @ (self.fit @ flux)
