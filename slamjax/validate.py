@@ -92,10 +92,7 @@ def cross_validate(
     if systematics_k is not None and systematics_k < 2:
         raise ValueError(f"systematics_k must be >= 2, got {systematics_k}")
     t0 = time.perf_counter()
-    models = [_fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs) for i in range(k)]
-    # One array layout for all fold models: one compiled fit instead of one per fold (the kernel
-    # emulator's γ groups and centre count differ between folds; compiling dominated its CV).
-    models = type(models[0])._common_shapes(models)
+    models = _fold_models(ds, fold, k, emulator, train_kwargs, systematics_k, seed, fit_kwargs)
     t_train = time.perf_counter() - t0
     parts = []
     n_max = int(np.bincount(fold).max())
@@ -207,6 +204,14 @@ def _fit_padded(em, ds, idx, n_rows, fit_kwargs) -> FitResult:
         v = getattr(res, f.name)
         trimmed[f.name] = v[: idx.size] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n_rows else v
     return FitResult(**trimmed)
+
+
+def _fold_models(ds, fold, k, emulator, train_kwargs, systematics_k, seed, fit_kwargs):
+    """The k fold models (each trained without its fold) in one array layout: one compiled fit
+    serves them all (the kernel emulator's γ groups and centre count differ between folds, and
+    compiling once per fold dominated its cross-validation)."""
+    models = [_fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs) for i in range(k)]
+    return type(models[0])._common_shapes(models)
 
 
 def _fold_model(train, emulator, train_kwargs, systematics_k, seed, fit_kwargs):
@@ -404,8 +409,7 @@ def snr_ladder(
     n = ds.n_spectra
     n_max = int(np.bincount(fold).max())
     labels = errors = status = None
-    models = [_fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs) for i in range(k)]
-    models = type(models[0])._common_shapes(models)  # one compiled fit for all folds (cross_validate)
+    models = _fold_models(ds, fold, k, emulator, train_kwargs, systematics_k, seed, fit_kwargs)
     for i, em in enumerate(models):
         idx = np.flatnonzero(fold == i)
         for r, snr in enumerate(snrs):
