@@ -217,6 +217,29 @@ def test_init_arrays_and_chunking(cannon):
         sj.fit_labels(cannon, flux, ivar, init="random")
 
 
+def test_fit_layout_and_template_spectra_are_cached_per_emulator(cannon):
+    """The second fit with one emulator reuses its prepared layout and template spectra and gives
+    the same result; the cache entry goes when the emulator does."""
+    import gc
+
+    from slamjax import _fit
+
+    em = wrap(cannon)  # the generic path: template spectra are cached too
+    truth = interior_labels(cannon, 6, seed=93)
+    flux, ivar, _ = simulate(cannon, truth, 80, seed=94)
+    first = sj.fit_labels(em, flux, ivar)
+    key = (id(em), np.dtype(np.float64).str)
+    entry = _fit._prepared_cache[key][1]
+    assert "templates" in entry
+    second = sj.fit_labels(em, flux, ivar)
+    assert _fit._prepared_cache[key][1] is entry
+    np.testing.assert_array_equal(second.labels, first.labels)
+    np.testing.assert_array_equal(second.cov, first.cov)
+    del em, entry
+    gc.collect()
+    assert key not in _fit._prepared_cache
+
+
 def test_input_validation(cannon):
     flux = np.ones((3, cannon.n_pixels))
     ivar = np.ones_like(flux)

@@ -136,6 +136,35 @@ def test_analytic_jacobian_equals_autodiff():
         np.testing.assert_allclose(jac, jax.jacfwd(em)(x), rtol=1e-9, atol=1e-10)
 
 
+def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
+    """The extended-coefficient layout used by float64 fits gives the same flux and Jacobian; float32
+    fits and emulators above the size limit keep the stacked-row form."""
+    import jax
+    import jax.numpy as jnp
+
+    from slamjax.emulators import _kernel
+    from slamjax.emulators._base import _fit_view
+
+    ds, _ = _smooth_problem(m=150, p=25, seed=4)
+    em = sj.KernelEmulator.train(ds, gamma_grid=(0.1, 0.3, 1.0))
+    assert len(em.groups) >= 2
+    form = _fit_view(em, jnp.float64)
+    assert isinstance(form, _kernel._KernelFitForm)
+    x = jnp.asarray(ds.labels[:6]) * 1.003
+    f0, j0 = jax.vmap(em.flux_and_jacobian)(x)
+    f1, j1 = jax.vmap(form.flux_and_jacobian)(x)
+    np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(j1, j0, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(jax.vmap(form)(x), f0, rtol=0, atol=1e-12)
+    assert type(_fit_view(em, jnp.float32)) is sj.KernelEmulator
+    limit = _kernel._EXTENDED_MAX_BYTES
+    try:
+        _kernel._EXTENDED_MAX_BYTES = 4 * em.coef.size * 8 - 1
+        assert type(_fit_view(em, jnp.float64)) is sj.KernelEmulator
+    finally:
+        _kernel._EXTENDED_MAX_BYTES = limit
+
+
 def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():
     """Fold models padded to one γ-group layout and centre count predict exactly as before, and
     cross_validate compiles the fit once for all folds instead of once per fold."""

@@ -201,6 +201,11 @@ class AbstractEmulator(eqx.Module):
                 )
         return _replace_systematics(self, systematics)
 
+    def _fit_form(self, dtype) -> AbstractEmulator:
+        """An equivalent emulator laid out for repeated ``flux_and_jacobian`` calls in ``dtype``
+        (``fit_labels`` uses it; never saved). Default: ``self``."""
+        return self
+
     @classmethod
     def _common_shapes(cls, ems):
         """Equivalent emulators whose arrays and static fields have the same shapes, so that one
@@ -227,10 +232,13 @@ class AbstractLinearEmulator(AbstractEmulator):
         return self.design @ self.features(self.space.standardise(labels))
 
 
-def _fit_view(em):
+def _fit_view(em, dtype=None):
     """``em`` as the compiled fit sees it: without the training labels and the systematics, which
     only the host-side code uses. Emulators trained on different sets of stars (cross-validation
-    folds) then differ only in arrays whose shapes they share, and one compilation serves them all."""
+    folds) then differ only in arrays whose shapes they share, and one compilation serves them all.
+    With ``dtype``, also in the emulator's fit layout (:meth:`AbstractEmulator._fit_form`)."""
+    if dtype is not None:
+        em = em._fit_form(dtype)
 
     def is_space(x):
         return isinstance(x, LabelSpace)

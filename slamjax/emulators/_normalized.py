@@ -24,6 +24,8 @@ APOGEE chip and the Cannon continuum pixels, this reproduces the ``flux_true`` o
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +79,9 @@ class ContinuumNormalized(AbstractEmulator):
     @property
     def float32_ok(self) -> bool:
         return self.inner.float32_ok
+
+    def _fit_form(self, dtype):
+        return dataclasses.replace(self, inner=self.inner._fit_form(dtype))
 
     def continuum(self, flux):
         """The fitted continuum [P] of an un-normalised spectrum ``flux`` [P]."""
