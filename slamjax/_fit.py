@@ -40,6 +40,7 @@ _TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
 _MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
 _PREPARED_CACHE_SIZE = 8  # emulators whose fit layout is kept between calls (_prepared)
+_PREPARED_CACHE_MAX_BYTES = 64 * 2**20  # larger fit layouts are rebuilt per call, not kept
 _prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 
@@ -334,13 +335,16 @@ def _prepared(em, dtype) -> dict:
     its template spectra, kept per emulator between calls (emulators are immutable). Building them
     each call cost ~2-3 ms (kernel, 400 centres × 100 px: the fit layout and 512 template spectra),
     as much as fitting ~15 spectra; for larger emulators the layout copies grow with the model.
-    Held by a weak reference; at most ``_PREPARED_CACHE_SIZE`` emulators (k folds of a CV)."""
+    Held by a weak reference; at most ``_PREPARED_CACHE_SIZE`` emulators (k folds of a CV), and only
+    layouts up to ``_PREPARED_CACHE_MAX_BYTES`` (a 2000 × 7214 px kernel in float64 takes 115 MB)."""
     key = (id(em), np.dtype(dtype).str)
     hit = _prepared_cache.get(key)
     if hit is not None and hit[0]() is em:
         return hit[1]
     em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, _fit_view(em, dtype))
     entry = {"em": em_c}
+    if sum(a.nbytes for a in jax.tree.leaves(em_c) if eqx.is_array(a)) > _PREPARED_CACHE_MAX_BYTES:
+        return entry  # a large model: rebuilding costs little next to its fits, holding it costs memory
     while len(_prepared_cache) >= _PREPARED_CACHE_SIZE:
         _prepared_cache.pop(next(iter(_prepared_cache)))
     _prepared_cache[key] = (weakref.ref(em, lambda _, key=key: _prepared_cache.pop(key, None)), entry)

@@ -36,7 +36,6 @@ _LAMBDA0 = 1e-3
 SCREEN_STEPS = 2  # LM steps each multi-start start gets before only the best one continues
 _LAMBDA_MIN = 1e-9
 _LAMBDA_MAX = 1e10
-_UNROLL_MAX = 8  # largest system solved by the written-out Cholesky (_cholesky)
 
 
 def _free(x, g, lo, hi):
@@ -52,51 +51,7 @@ def _masked(free, g, h):
 
 def _decrement(x, g, h, lo, hi):
     gf, hf = _masked(_free(x, g, lo, hi), g, h)
-    y = _forward(_cholesky(hf), gf)  # gᵀH⁻¹g = ‖L⁻¹g‖²; NaN or inf when H is singular
-    return y @ y
-
-
-def _cholesky(a):
-    """Lower Cholesky factor of ONE small symmetric matrix, NaN unless it is positive definite.
-
-    Written out for n ≤ ``_UNROLL_MAX``: under vmap these are a few dozen elementwise operations
-    on the batch, where ``jnp.linalg`` calls LAPACK once per matrix (measured, 300 matrices 3 × 3,
-    float64, 2 cores: Cholesky + solve 171 µs → 28 µs; an LM step over 960 starts did three such calls)."""
-    n = a.shape[0]
-    if n > _UNROLL_MAX:
-        return jnp.linalg.cholesky(a)
-    fac = [[jnp.zeros((), a.dtype)] * n for _ in range(n)]
-    for j in range(n):
-        d = a[j, j] - sum((fac[j][k] ** 2 for k in range(j)), jnp.zeros((), a.dtype))
-        # Not positive definite: a NaN pivot, so that every entry after it is NaN.
-        fac[j][j] = jnp.sqrt(jnp.where(d > 0, d, jnp.nan))
-        for i in range(j + 1, n):
-            off = a[i, j] - sum((fac[i][k] * fac[j][k] for k in range(j)), jnp.zeros((), a.dtype))
-            fac[i][j] = off / fac[j][j]
-    return jnp.stack([jnp.stack(row) for row in fac])
-
-
-def _forward(fac, b):
-    """L⁻¹b for a lower-triangular L."""
-    n = b.shape[0]
-    if n > _UNROLL_MAX:
-        return jax.scipy.linalg.solve_triangular(fac, b, lower=True)
-    y = []
-    for i in range(n):
-        y.append((b[i] - sum((fac[i, k] * y[k] for k in range(i)), jnp.zeros((), b.dtype))) / fac[i, i])
-    return jnp.stack(y)
-
-
-def _cho_solve(fac, b):
-    """A⁻¹b from the Cholesky factor L of A = LLᵀ."""
-    y = _forward(fac, b)
-    n = b.shape[0]
-    if n > _UNROLL_MAX:
-        return jax.scipy.linalg.solve_triangular(fac.T, y, lower=False)
-    x = [None] * n
-    for i in reversed(range(n)):
-        x[i] = (y[i] - sum((fac[k, i] * x[k] for k in range(i + 1, n)), jnp.zeros((), b.dtype))) / fac[i, i]
-    return jnp.stack(x)
+    return gf @ jnp.linalg.solve(hf, gf)
 
 
 def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start=None):
@@ -134,10 +89,9 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
         d = jnp.diag(hf)
         d = jnp.maximum(d, 1e-12 * jnp.max(d))
         # H + S where it is positive definite (finite Cholesky factor), else Gauss-Newton alone.
-        fac_s = _cholesky(hs + lam * jnp.diag(d))
-        spd = jnp.all(jnp.isfinite(fac_s))
-        fac = jnp.where(spd, fac_s, _cholesky(hf + lam * jnp.diag(d)))
-        delta = -_cho_solve(fac, gf)
+        spd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(hs + lam * jnp.diag(d))))
+        a = jnp.where(spd, hs, hf) + lam * jnp.diag(d)
+        delta = -jnp.linalg.solve(a, gf)
         x_new = jnp.clip(x + delta, lo, hi)
         obj_new, g_new, h_new = normal(x_new)
         ok = jnp.isfinite(obj_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(h_new))

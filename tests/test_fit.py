@@ -238,6 +238,15 @@ def test_fit_layout_and_template_spectra_are_cached_per_emulator(cannon):
     del em, entry
     gc.collect()
     assert key not in _fit._prepared_cache
+    limit = _fit._PREPARED_CACHE_MAX_BYTES
+    try:  # layouts above the size limit are rebuilt per call, never kept
+        _fit._PREPARED_CACHE_MAX_BYTES = 0
+        em = wrap(cannon)
+        third = sj.fit_labels(em, flux, ivar)
+        assert (id(em), np.dtype(np.float64).str) not in _fit._prepared_cache
+        np.testing.assert_array_equal(third.labels, first.labels)
+    finally:
+        _fit._PREPARED_CACHE_MAX_BYTES = limit
 
 
 def test_input_validation(cannon):

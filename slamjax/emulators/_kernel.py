@@ -56,8 +56,9 @@ DEFAULT_GAMMAS = (0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_LAMBDAS = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0)
 EXACT_MAX = 3000  # above this many training stars, n_inducing defaults to DEFAULT_INDUCING
 DEFAULT_INDUCING = 2000
-# Largest extended-coefficient array [m, (1 + L)·P] (float64) for which fits use it (_KernelFitForm).
-_EXTENDED_MAX_BYTES = 32 * 2**20
+# Largest extended-coefficient array [m, (1 + L)·P] (float64) for which fits use it (_KernelFitForm):
+# 400 × 100 px takes 1.3 MB, MILES at every 20th pixel 2.4 MB; at 30 MB (MILES, 217 × 4300 px) it no longer paid.
+_EXTENDED_MAX_BYTES = 8 * 2**20
 
 
 @register
@@ -444,10 +445,13 @@ class _KernelFitForm(AbstractEmulator):
     all L derivatives. ``KernelEmulator.flux_and_jacobian`` multiplies the stacked rows
     [e; e·(x − z)_1; …] [1 + L, m] by α instead: the same products, but it builds L + 1 rows of
     m values per spectrum and call. Measured per model + Jacobian evaluation, batches of 320,
-    2 cores, float64: 400 centres × 100 px 11.1 → 6.7 µs, 347 × 215 px 10.3 → 7.3 µs, 434 × 4300 px
-    181 → 171 µs; at 2000 × 2000 px (128 MB of extended coefficients) 370 → 380 µs, and in float32
-    the subtraction − z_l y loses digits (the sums reach ~10⁴), hence float64 and a size limit.
-    Squared distances use ‖x‖² − 2 x·z + ‖z‖² (a matrix product over a batch).
+    2 cores, float64: 400 centres × 100 px 12.9 → 9.4 µs, and whole fits (3 starts) on 400 × 100 px
+    0.29-0.30 → 0.17-0.19 ms per spectrum, on MILES 347 × 215 px 0.69 → 0.46-0.58 ms. Once the
+    extended coefficients outgrow the cache it stops paying: MILES 217 × 4300 px (30 MB) 5.1 vs
+    4.9-6.4 ms, 2000 × 2000 px (128 MB) 370 → 380 µs per evaluation; and in float32 the subtraction
+    − z_l y loses digits (the sums reach ~10⁴). Hence float64 and ``_EXTENDED_MAX_BYTES``.
+    Squared distances are ‖x‖² − 2 x·z + ‖z‖²: over a batch one matrix product with the batch in
+    rows (``x_train @ z`` had put the batch in columns, and every product after it was transposed).
     """
 
     space: LabelSpace
