@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -73,18 +74,32 @@ class LabelSystematics(eqx.Module):
 
     ``points`` [V, L] are their fitted labels (physical units; a catalogue star is looked up by
     its fitted labels) and ``excess`` [V, L, L] the per-spectrum second moment of the label
-    error not explained by the formal covariance, d dᵀ − C (d = fitted − true). The systematic
-    covariance at labels x is the mean excess of the ``k`` held-out spectra whose fits lie
-    nearest to x (Euclidean in labels divided by ``scale``),
-    projected onto the positive semi-definite matrices: emulators are usually worse in some
-    corners of label space (e.g. cool dwarfs) than in the bulk, and one global matrix would
-    overstate the errors of most stars and understate those of the few.
+    error not explained by the formal covariance, d dᵀ − C (d = fitted − true). Emulators are
+    usually worse in some corners of label space (e.g. cool dwarfs) than in the bulk, so the
+    systematic covariance depends on the labels x; two descriptions:
+
+    * neighbours (``log_var`` None): the mean excess of the ``k`` held-out spectra whose fits
+      lie nearest to x (Euclidean in labels divided by ``scale``), projected onto the positive
+      semi-definite matrices (in labels divided by ``scale``, so the projection does not
+      depend on the units);
+    * smooth (``log_var`` [L, T] given): the variance of label l is scale_l² exp(q_l(u)), q_l a
+      polynomial of degree ``degree`` (T terms, :func:`_poly_terms`) in u = x / ``scale``
+      minus the mean of the held-out u, evaluated inside their box (u clipped to it); the
+      coefficients are fitted by maximum likelihood (d_nl ~ N(0, C_nll + scale_l² exp(q_l(u_n)))).
+      The correlations between labels come from the mean excess of the ``k`` nearest.
+
+    A local mean of a few tens of noisy excesses averages over a wide region of label space
+    and is biased where the errors grow steeply towards the edges of the training set; the
+    smooth form uses every held-out spectrum.
+    :func:`slamjax.validate.cv_systematics` picks between them by held-out likelihood.
     """
 
     points: Float[Array, "V L"]
     excess: Float[Array, "V L L"]
     scale: Float[Array, " L"]
     k: int = eqx.field(static=True)
+    log_var: Float[Array, "L T"] | None = None
+    degree: int = eqx.field(static=True, default=2)
 
     def __check_init__(self):
         v, n_lab = self.points.shape
@@ -92,33 +107,82 @@ class LabelSystematics(eqx.Module):
             raise ValueError("LabelSystematics: points [V, L], excess [V, L, L] and scale [L] do not match")
         if not 1 <= self.k <= v:
             raise ValueError(f"LabelSystematics: k must be in 1..{v}, got {self.k}")
+        if self.log_var is not None and self.log_var.shape != (n_lab, _n_poly_terms(n_lab, self.degree)):
+            raise ValueError(
+                f"LabelSystematics: log_var must be [{n_lab}, {_n_poly_terms(n_lab, self.degree)}] for degree "
+                f"{self.degree}, got {tuple(self.log_var.shape)}"
+            )
 
     def global_cov(self) -> np.ndarray:
         """The average systematic covariance [L, L] over all held-out spectra."""
-        return _psd(np.asarray(self.excess).mean(axis=0))
+        if self.log_var is not None:
+            return self.cov(np.asarray(self.points)).mean(axis=0)
+        return _psd(np.asarray(self.excess).mean(axis=0), np.asarray(self.scale))
 
     def cov(self, labels, chunk: int = 4096) -> np.ndarray:
         """Systematic covariance [N, L, L] at labels [N, L] (physical units; NaN rows give NaN)."""
         labels = np.atleast_2d(np.asarray(labels, dtype=np.float64))
-        pts = np.asarray(self.points) / np.asarray(self.scale)
+        scale = np.asarray(self.scale)
+        pts = np.asarray(self.points) / scale
         exc = np.asarray(self.excess)
+        smooth = None if self.log_var is None else np.asarray(self.log_var)
+        centre, lo, hi = smooth_frame(pts)
         out = np.full((labels.shape[0],) + exc.shape[1:], np.nan)
         ok = np.all(np.isfinite(labels), axis=1)
         idx_ok = np.flatnonzero(ok)
         for i0 in range(0, idx_ok.size, chunk):
             rows = idx_ok[i0 : i0 + chunk]
-            x = labels[rows] / np.asarray(self.scale)
+            x = labels[rows] / scale
             d2 = np.sum(x * x, axis=1)[:, None] - 2.0 * x @ pts.T + np.sum(pts * pts, axis=1)[None, :]
             near = np.argpartition(d2, self.k - 1, axis=1)[:, : self.k]
-            out[rows] = _psd(exc[near].mean(axis=1))
+            local = _psd(exc[near].mean(axis=1), scale)
+            if smooth is None:
+                out[rows] = local
+                continue
+            sd = scale * np.sqrt(np.exp(_poly_terms(np.clip(x, lo, hi) - centre, self.degree) @ smooth.T))  # [n, L]
+            d = np.sqrt(np.diagonal(local, axis1=1, axis2=2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = local / (d[:, :, None] * d[:, None, :])
+            corr = np.where(np.isfinite(corr), corr, 0.0)
+            corr[:, np.arange(corr.shape[1]), np.arange(corr.shape[1])] = 1.0
+            out[rows] = sd[:, :, None] * corr * sd[:, None, :]
         return out
 
 
-def _psd(c):
-    """Symmetric positive semi-definite part of (a stack of) square matrices."""
+def smooth_frame(u):
+    """Centre and box (mean, min, max over the held-out spectra) of the scaled labels ``u`` [V, L]
+    in which :class:`LabelSystematics` evaluates its smooth log-variance polynomial."""
+    return u.mean(axis=0), u.min(axis=0), u.max(axis=0)
+
+
+def monomials(n_labels: int, order: int) -> tuple[tuple[int, ...], ...]:
+    """The monomials up to ``order`` in ``n_labels`` labels, as tuples of label indices
+    (``()`` is the constant; then the linear terms, the products i ≤ j, ...)."""
+    terms: list[tuple[int, ...]] = [()]
+    for degree in range(1, order + 1):
+        terms.extend(itertools.combinations_with_replacement(range(n_labels), degree))
+    return tuple(terms)
+
+
+def _n_poly_terms(n_lab: int, degree: int) -> int:
+    return len(monomials(n_lab, degree))
+
+
+def _poly_terms(u, degree: int):
+    """The monomials (:func:`monomials`) of the rows of ``u`` [N, L] up to ``degree``: [N, T]."""
+    return np.stack([np.prod(u[:, list(t)], axis=1) for t in monomials(u.shape[1], degree)], axis=1)
+
+
+def _psd(c, scale=None):
+    """Symmetric positive semi-definite part of (a stack of) square matrices; with ``scale`` [L],
+    the projection is made on c / (scale scaleᵀ), so that it does not depend on the units."""
     c = 0.5 * (c + np.swapaxes(c, -1, -2))
+    s = None if scale is None else np.asarray(scale)[:, None] * np.asarray(scale)[None, :]
+    if s is not None:
+        c = c / s
     evals, evecs = np.linalg.eigh(c)
-    return (evecs * np.maximum(evals, 0.0)[..., None, :]) @ np.swapaxes(evecs, -1, -2)
+    out = (evecs * np.maximum(evals, 0.0)[..., None, :]) @ np.swapaxes(evecs, -1, -2)
+    return out if s is None else out * s
 
 
 def training_labels(ds, label_names=None) -> tuple[tuple[str, ...], np.ndarray]:

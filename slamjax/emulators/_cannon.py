@@ -13,7 +13,6 @@ matrix product over stars).
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import equinox as eqx
@@ -24,19 +23,13 @@ from jaxtyping import Array, Float
 
 from .._spectra import SpectrumSet
 from ._base import AbstractLinearEmulator, LabelSpace, register, training_labels
+from ._base import monomials as _monomials
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CannonEmulator"]
 
 _LN_S2_MIN, _LN_S2_MAX = 2 * np.log(1e-6), 2 * np.log(3.0)  # s in [1e-6, 3]
-
-
-def _monomials(n_labels: int, order: int) -> tuple[tuple[int, ...], ...]:
-    terms: list[tuple[int, ...]] = [()]
-    for degree in range(1, order + 1):
-        terms.extend(itertools.combinations_with_replacement(range(n_labels), degree))
-    return tuple(terms)
 
 
 @register
