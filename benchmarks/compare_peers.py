@@ -231,7 +231,7 @@ def run_slamjax(method, data, args):
         "fit_first_call_s": fit_first,
         "groups": groups,
         "fit_s": np.asarray(fit_s),
-        "extra": _kernel_extra(em) if method.startswith("sj-kernel") else {},
+        "extra": {**(_kernel_extra(em) if method.startswith("sj-kernel") else {}), **_systematics_extra(em)},
     }
 
 
@@ -241,6 +241,14 @@ def _kernel_extra(em):
         "chosen_gamma": {f"{u:g}": int(c) for u, c in zip(*np.unique(g, return_counts=True))},
         "chosen_lambda": {f"{u:g}": int(c) for u, c in zip(*np.unique(lam, return_counts=True))},
     }
+
+
+def _systematics_extra(em):
+    sys_err = em.space.systematics
+    if sys_err is None:
+        return {}
+    form = "smooth log-variance form" if sys_err.log_var is not None else f"{sys_err.k} neighbours"
+    return {"systematics_form": form}
 
 
 # ---------------------------------------------------------------------------------------- peers
@@ -474,7 +482,9 @@ def markdown(result):
         "Errors. slamjax rows report formal errors plus the emulator's systematic label errors, estimated by "
         f"{s['cv']}-fold cross-validation on the training set (`sj.validate.cv_systematics`: every training star "
         "fitted by a fold model, excess (fit − truth)(fit − truth)ᵀ − formal covariance, placed at its fitted labels; "
-        "a test star gets the mean over the 30 training fits nearest to its own fitted labels); 'sys s' is the "
+        "a test star gets the systematic covariance at its own fitted labels, from the form that gives held-out "
+        "errors the highest likelihood: per-label log-variance polynomials fitted to all training fits, or the mean "
+        "excess of the 15, 30 or 60 training fits nearest; 'systematics form' below says which); 'sys s' is the "
         "time of that step (not part of 'train s', which is the emulator "
         "training alone, comparable to the peers' training)."
         if s.get("systematics", True)
@@ -549,7 +559,8 @@ def markdown(result):
                 det += f"; subprocess wall {m['subprocess_wall_s']:.1f} s"
             if extra.get("versions"):
                 det += "; versions " + ", ".join(f"{k} {v}" for k, v in extra["versions"].items())
-            for key in ("chosen_gamma", "chosen_lambda", "chosen_hyperparameters", "error_units_fix", "reused_run"):
+            keys = ("chosen_gamma", "chosen_lambda", "chosen_hyperparameters", "systematics_form", "error_units_fix")
+            for key in keys + ("reused_run",):
                 if key in extra:
                     det += f"; {key.replace('_', ' ')}: {extra[key]}"
             lines.append(det)
