@@ -127,7 +127,7 @@ SEED = 20250601
 EMULATORS = ("kernel", "cannon", "payne")
 KERNEL_GAMMAS = (0.1, 0.3, 1.0)
 KERNEL_LAMBDAS = (0.01,)
-# Mirrors of fit_labels internals used by the FLOP model (slamjax/_fit.py, slamjax/_lm.py).
+# Mirrors of fit_labels internals used by the FLOP model (slamjax/_fit.py, slamjax/_fit_core.py, slamjax/_lm.py).
 MAX_TEMPLATES_GENERIC = 512
 FIRST_BUDGET = 10
 SCREEN_STEPS = 2
@@ -381,7 +381,7 @@ def cost_analysis_check(kind: str, em, dtype, d: dict, costs: dict, batch: int =
     labels = jnp.asarray(rng.uniform(LO, HI, size=(batch, d["L"])).astype(dtype))
     out = {"batch": batch}
     if kind == "cannon":
-        # The fit's linear path: the per-spectrum pixel pass that builds A, b, c (replica of slamjax/_fit.py).
+        # The fit's linear path: the per-spectrum pixel pass that builds A, b, c (replica of slamjax/_fit_core.py).
         theta0, theta = em_c.design[:, 0], em_c.design[:, 1:]
         iu, ju = np.triu_indices(theta.shape[1])
         tri = theta[:, iu] * theta[:, ju]
