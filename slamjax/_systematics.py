@@ -63,10 +63,12 @@ def estimate(res, true, subtract_cov: bool, scale, what: str, *, model="auto", k
     if model == "auto":
         ks = [min(int(k), v)] if k is not None else sorted({min(kk, v) for kk in NEIGHBOURS})
         if smooth_ok and v >= 2 * N_HOLDOUT:
-            model, k = _choose(u, d, var, excess, ks, what)
+            model, k_best = _choose(u, d, var, excess, ks, what)
         else:
-            model, k = "neighbours", ks[len(ks) // 2]
-    k = min(int(k if k is not None else 30), v)
+            model, k_best = "neighbours", ks[len(ks) // 2]
+        if model == "neighbours":
+            k = k_best
+    k = min(int(k if k is not None else 30), v)  # the smooth form takes its correlations from k neighbours
     log_var = _fit_log_var(u, d, var) if model == "smooth" else None
     return LabelSystematics(
         points=jnp.asarray(points),
@@ -107,7 +109,7 @@ def _choose(u, d, var, excess, ks, what):
     """The form (and k) whose variances give the lowest held-out negative log-likelihood of d."""
     v = len(u)
     fold = np.random.default_rng(0).permutation(v) % N_HOLDOUT
-    scores = {("smooth", 30): 0.0, **{("neighbours", kk): 0.0 for kk in ks}}
+    scores = {("smooth", None): 0.0, **{("neighbours", kk): 0.0 for kk in ks}}
     for f in range(N_HOLDOUT):
         tr, te = fold != f, fold == f
         ntr = int(tr.sum())
@@ -120,7 +122,7 @@ def _choose(u, d, var, excess, ks, what):
         centre, lo, hi = smooth_frame(u[tr])
         b = _fit_log_var(u[tr], d[tr], var[tr])
         s = np.exp(_poly_terms(np.clip(u[te], lo, hi) - centre, DEGREE) @ b.T)
-        scores[("smooth", 30)] += _nll(d[te], var[te], s)
+        scores[("smooth", None)] += _nll(d[te], var[te], s)
     best = min(scores, key=scores.get)
     logger.info(
         "systematic label errors from %d %s fits: %s (held-out -log L: %s)",

@@ -134,6 +134,9 @@ def test_smooth_form_recovers_systematics_that_grow_towards_the_edges():
     assert auto.log_var is not None and auto.log_var.shape == (2, 6) and auto.k == 30
     knn = estimate_systematics(res, x, True, np.ones(2), "test", model="neighbours")
     assert knn.log_var is None and knn.k == 30
+    # a given k is the neighbour count of either form (the smooth form's correlations)
+    given = estimate_systematics(res, x, True, np.ones(2), "test", k=10)
+    assert given.k == 10 and given.log_var is not None
     q = np.array([[0.0, 0.0], [0.5, -0.5], [0.8, 0.8]])
     ratio = np.sqrt(np.diagonal(auto.cov(q), axis1=1, axis2=2)) / sd(q)
     assert np.all(np.abs(ratio - 1) < 0.35), ratio
