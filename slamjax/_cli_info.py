@@ -39,6 +39,16 @@ def _info_model(path: Path) -> None:
     print(f"  pixels     {wave.get('n_pixels')}")
     if "min" in wave:
         print(f"  wave       {wave['min']:.2f}-{wave['max']:.2f} {wave.get('unit', '')}")
+    arrays = h.get("arrays", [])
+    if not any(a.endswith("systematics.excess") for a in arrays):
+        print("  systematics none (errors are formal only)")
+    else:
+        k = next((v for key, v in static.items() if key.endswith("systematics.k")), "?")
+        if any(a.endswith("systematics.log_var") for a in arrays):
+            deg = next((v for key, v in static.items() if key.endswith("systematics.degree")), "?")
+            print(f"  systematics smooth form (log-variance polynomial of degree {deg}; correlations: {k} neighbours)")
+        else:
+            print(f"  systematics mean excess of the {k} nearest held-out fits")
     scal = h.get("label_scaling", {})
     if scal:
         print("  label scaling (physical units; z = (label - mean) / scale):")

@@ -84,6 +84,10 @@ def test_train_systematics_option(small_data, tmp_path, capsys):
     assert "3-fold CV, rms teff" in out
     em = sj.load_emulator(model)
     assert em.space.systematics is not None and em.space.systematics.points.shape[1] == 3
+    assert main(["info", str(model)]) == 0
+    info = capsys.readouterr().out
+    form = "smooth form" if em.space.systematics.log_var is not None else "mean excess of the"
+    assert f"systematics {form}" in info and f"{em.space.systematics.k} " in info
     ds = sj.load_npz(small_data)
     with_sys = sj.fit_labels(em, ds[:10])
     formal = sj.fit_labels(em, ds[:10], systematics=False)
@@ -103,6 +107,7 @@ def test_train_info_fit(trained, small_data, tmp_path, capsys):
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
     assert "KernelEmulator" in out and "teff" in out and "4300" in out
+    assert "systematics none" in out  # trained without --systematics
 
     cat = tmp_path / "cat.fits"
     assert main(["fit", str(model), str(small_data), "--out", str(cat), "--n-starts", "2"]) == 0
