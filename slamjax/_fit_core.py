@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._lm import SCREEN_STEPS as _SCREEN_STEPS
-from ._lm import levenberg_marquardt
+from ._lm import multistart
 from ._result import Status
 from .emulators._base import AbstractLinearEmulator
 
@@ -112,20 +111,8 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
 
     def fit_one(data, m, p, starts_1):
         normal = make_normal(data, m, p)
-        budget = args["max_steps"]
-        if starts_1.shape[0] > 1:
-            # Screen: every start gets a few steps, only the best one continues. Full LM
-            # runs from every start would cost n_starts times more emulator Jacobians.
-            def screen(z0):
-                return levenberg_marquardt(normal, z0, lo, hi, max_steps=_SCREEN_STEPS, tol=tol)
-
-            zs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts_1)
-            best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-            z0, k0, start = zs[best], ks[best], (objs[best], gs[best], hs[best])
-        else:
-            z0, k0, start = starts_1[0], jnp.zeros((), jnp.int32), None
-        z, obj, h, k, conv, _, _ = levenberg_marquardt(normal, z0, lo, hi, max_steps=budget - k0, tol=tol, start=start)
-        return z, h, k0 + k, conv, obj - jnp.sum(p * (z - m) ** 2)
+        z, obj, h, k, conv = multistart(normal, starts_1, lo, hi, max_steps=args["max_steps"], tol=tol)
+        return z, h, k, conv, obj - jnp.sum(p * (z - m) ** 2)
 
     z, h, k, conv, chi2 = jax.vmap(fit_one)(data, pm, pp, starts)
     cov_z = jnp.linalg.inv(h)
@@ -136,15 +123,21 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
     n_lab = z.shape[1]
     tiny = 1e-6 * (hi - lo)
     at_bound = jnp.any((z <= (lo + tiny)[None, :]) | (z >= (hi - tiny)[None, :]), axis=1)
+    status = chunk_status(z, chi2, cov_z, conv, at_bound, n_pix < n_lab + 1)
+    out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, converged=conv)
+    return out | {"model": model} if return_model else out
+
+
+def chunk_status(x, chi2, cov, conv, at_bound, too_few):
+    """Status codes [B] of a chunk's fits (parameters ``x`` [B, n], ``cov`` [B, n, n]): BAD_INPUT
+    (``too_few`` good pixels) over NON_FINITE over HIT_BOUND (``at_bound``) over CONVERGED/MAX_STEPS."""
     finite = (
-        jnp.all(jnp.isfinite(z), axis=1)
+        jnp.all(jnp.isfinite(x), axis=1)
         & jnp.isfinite(chi2)
-        & jnp.all(jnp.isfinite(cov_z), axis=(1, 2))
-        & jnp.all(jnp.diagonal(cov_z, axis1=1, axis2=2) > 0, axis=1)
+        & jnp.all(jnp.isfinite(cov), axis=(1, 2))
+        & jnp.all(jnp.diagonal(cov, axis1=1, axis2=2) > 0, axis=1)
     )
     status = jnp.where(conv, int(Status.CONVERGED), int(Status.MAX_STEPS))
     status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
     status = jnp.where(finite, status, int(Status.NON_FINITE))
-    status = jnp.where(n_pix < n_lab + 1, int(Status.BAD_INPUT), status)
-    out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, converged=conv)
-    return out | {"model": model} if return_model else out
+    return jnp.where(too_few, int(Status.BAD_INPUT), status)

@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._lm import SCREEN_STEPS as _SCREEN_STEPS
-from ._lm import levenberg_marquardt
+from ._fit_core import chunk_status
+from ._lm import multistart
 from ._nuisance import _WINDOW_PIXELS, C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
-from ._result import Status
 
 # ------------------------------------------------------------ nuisance parameters
 _RV_TEMPLATES = 6  # label vectors whose shifted models make the radial-velocity grid
@@ -202,20 +201,9 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             h = jac.T @ (w1[:, None] * jac) + jnp.diag(p)
             return obj, g, h
 
-        budget = args["max_steps"]
-        if starts_1.shape[0] > 1:
-
-            def screen(x0):
-                return levenberg_marquardt(normal, x0, lo1, hi1, max_steps=_SCREEN_STEPS, tol=tol)
-
-            xs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts_1)
-            best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-            x0, k0, start = xs[best], ks[best], (objs[best], gs[best], hs[best])
-        else:
-            x0, k0, start = starts_1[0], jnp.zeros((), jnp.int32), None
-        x, _, h, k, conv, _, _ = levenberg_marquardt(normal, x0, lo1, hi1, max_steps=budget - k0, tol=tol, start=start)
+        x, _, h, k, conv = multistart(normal, starts_1, lo1, hi1, max_steps=args["max_steps"], tol=tol)
         model, _ = predict(x)
-        return x, h, k0 + k, conv, model
+        return x, h, k, conv, model
 
     x, h, k, conv, model = jax.vmap(fit_one)(f, w, pm_x, pp_x, starts, lo, hi)
     cov_x = jnp.linalg.inv(h)
@@ -225,16 +213,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
     tiny = 1e-6 * jnp.where(bounded[None, :], hi - lo, 0.0)
     edge = ((x <= lo + tiny) | (x >= hi - tiny)) & bounded[None, :]
     at_bound = jnp.any(edge, axis=1)
-    finite = (
-        jnp.all(jnp.isfinite(x), axis=1)
-        & jnp.isfinite(chi2)
-        & jnp.all(jnp.isfinite(cov_x), axis=(1, 2))
-        & jnp.all(jnp.diagonal(cov_x, axis1=1, axis2=2) > 0, axis=1)
-    )
-    status = jnp.where(conv, int(Status.CONVERGED), int(Status.MAX_STEPS))
-    status = jnp.where(at_bound, int(Status.HIT_BOUND), status)
-    status = jnp.where(finite, status, int(Status.NON_FINITE))
-    status = jnp.where(n_pix < n_par + 1, int(Status.BAD_INPUT), status)
+    status = chunk_status(x, chi2, cov_x, conv, at_bound, n_pix < n_par + 1)
     out = dict(
         z=x[:, :n_lab],
         cov_z=cov_x[:, :n_lab, :n_lab],

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["levenberg_marquardt"]
+__all__ = ["levenberg_marquardt", "multistart"]
 
 _LAMBDA0 = 1e-3
 SCREEN_STEPS = 2  # LM steps each multi-start start gets before only the best one continues
@@ -116,6 +116,24 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
 
     x, obj, g, h, _, k, _, conv, _, dec, _ = jax.lax.while_loop(cond, body, init)
     return x, obj, h, k, conv, dec, g
+
+
+def multistart(normal, starts, lo, hi, *, max_steps, tol):
+    """LM from the best of several starts ``starts`` [S, L]: every start gets ``SCREEN_STEPS``
+    steps and only the best one continues (full runs from every start would cost S times more
+    model Jacobians). Returns ``(x, obj, h, n_steps, converged)``; the screening steps count."""
+    if starts.shape[0] > 1:
+
+        def screen(x0):
+            return levenberg_marquardt(normal, x0, lo, hi, max_steps=SCREEN_STEPS, tol=tol)
+
+        xs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts)
+        best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+        x0, k0, start = xs[best], ks[best], (objs[best], gs[best], hs[best])
+    else:
+        x0, k0, start = starts[0], jnp.zeros((), jnp.int32), None
+    x, obj, h, k, conv, _, _ = levenberg_marquardt(normal, x0, lo, hi, max_steps=max_steps - k0, tol=tol, start=start)
+    return x, obj, h, k0 + k, conv
 
 
 def _secant_update(s_mat, step, y, h_old):
