@@ -13,6 +13,7 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
+from scipy.spatial import cKDTree
 
 from .emulators._base import LabelSystematics, _n_poly_terms, _poly_terms, _psd, smooth_frame
 
@@ -113,10 +114,10 @@ def _choose(u, d, var, excess, ks, what):
     for f in range(N_HOLDOUT):
         tr, te = fold != f, fold == f
         ntr = int(tr.sum())
+        tree = cKDTree(u[tr])
         for kk in ks:
             kk_f = min(kk, ntr)
-            d2 = np.sum((u[te][:, None, :] - u[tr][None, :, :]) ** 2, axis=2)
-            near = np.argpartition(d2, kk_f - 1, axis=1)[:, :kk_f]
+            near = tree.query(u[te], k=kk_f)[1].reshape(int(te.sum()), kk_f)
             s = np.diagonal(_psd(excess[tr][near].mean(axis=1)), axis1=1, axis2=2)
             scores[("neighbours", kk)] += _nll(d[te], var[te], s)
         centre, lo, hi = smooth_frame(u[tr])
