@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.spatial import cKDTree
 
-from .emulators._base import LabelSystematics, _n_poly_terms, _poly_terms, _psd, smooth_frame
+from .emulators._base import LabelSystematics, _n_poly_terms, _poly_terms, _psd, smooth_variance
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def estimate(res, true, subtract_cov: bool, scale, what: str, *, model="auto", k
 
 def _fit_log_var(u, d, var):
     """Maximum-likelihood coefficients [L, T] of log s_l²(u) = poly(u − centre), d_nl ~ N(0, var_nl + s_l²(u_n))."""
-    centre, _, _ = smooth_frame(u)
-    a = _poly_terms(u - centre, DEGREE)
+    a = _poly_terms(u - u.mean(axis=0), DEGREE)  # the centre smooth_variance uses
     return np.stack([_fit_one(a, d[:, i], var[:, i]) for i in range(d.shape[1])])
 
 
@@ -120,9 +119,7 @@ def _choose(u, d, var, excess, ks, what):
             near = tree.query(u[te], k=kk_f)[1].reshape(int(te.sum()), kk_f)
             s = np.diagonal(_psd(excess[tr][near].mean(axis=1)), axis1=1, axis2=2)
             scores[("neighbours", kk)] += _nll(d[te], var[te], s)
-        centre, lo, hi = smooth_frame(u[tr])
-        b = _fit_log_var(u[tr], d[tr], var[tr])
-        s = np.exp(_poly_terms(np.clip(u[te], lo, hi) - centre, DEGREE) @ b.T)
+        s = smooth_variance(u[te], u[tr], _fit_log_var(u[tr], d[tr], var[tr]), DEGREE)
         scores[("smooth", None)] += _nll(d[te], var[te], s)
     best = min(scores, key=scores.get)
     logger.info(

@@ -127,7 +127,6 @@ class LabelSystematics(eqx.Module):
         pts = np.asarray(self.points) / scale
         exc = np.asarray(self.excess)
         smooth = None if self.log_var is None else np.asarray(self.log_var)
-        centre, lo, hi = smooth_frame(pts)
         out = np.full((labels.shape[0],) + exc.shape[1:], np.nan)
         ok = np.all(np.isfinite(labels), axis=1)
         idx_ok = np.flatnonzero(ok)
@@ -140,7 +139,7 @@ class LabelSystematics(eqx.Module):
             if smooth is None:
                 out[rows] = local
                 continue
-            sd = scale * np.sqrt(np.exp(_poly_terms(np.clip(x, lo, hi) - centre, self.degree) @ smooth.T))  # [n, L]
+            sd = scale * np.sqrt(smooth_variance(x, pts, smooth, self.degree))  # [n, L]
             d = np.sqrt(np.diagonal(local, axis1=1, axis2=2))
             with np.errstate(invalid="ignore", divide="ignore"):
                 corr = local / (d[:, :, None] * d[:, None, :])
@@ -150,10 +149,12 @@ class LabelSystematics(eqx.Module):
         return out
 
 
-def smooth_frame(u):
-    """Centre and box (mean, min, max over the held-out spectra) of the scaled labels ``u`` [V, L]
-    in which :class:`LabelSystematics` evaluates its smooth log-variance polynomial."""
-    return u.mean(axis=0), u.min(axis=0), u.max(axis=0)
+def smooth_variance(u, u_points, log_var, degree: int):
+    """Variances [N, L] (units of scale²) of the smooth form at scaled labels ``u`` [N, L]: the
+    polynomials ``log_var`` [L, T] in u minus the mean of the held-out ``u_points`` [V, L], with u
+    clipped to their box."""
+    lo, hi = u_points.min(axis=0), u_points.max(axis=0)
+    return np.exp(_poly_terms(np.clip(u, lo, hi) - u_points.mean(axis=0), degree) @ np.asarray(log_var).T)
 
 
 def monomials(n_labels: int, order: int) -> tuple[tuple[int, ...], ...]:
