@@ -245,7 +245,7 @@ def cv_systematics(
     noise part is removed, so it transfers to other S/N, approximately: the fit weights
     1/(σ² + s²) change with S/N, and with them how the emulator's flux errors map into labels.
     Synthetic benchmark (400 training stars at S/N 100, test stars at S/N 20, 50, 200 in the
-    inner 60 % of the label box): with the default ``model="auto"`` the pull std is 0.91-1.03
+    inner 60 % of the label box): with the default ``model="auto"`` the pull std is 0.91-1.02
     for the kernel, 0.96-1.17 for the Payne and 0.93-1.17 for the Cannon emulator. A local
     mean of 30 neighbours (the only form before) gave the kernel 0.82-0.99: its neighbourhoods
     span a wide region of label space (400 stars in 3 labels) and took in the larger errors
