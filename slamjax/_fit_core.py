@@ -109,23 +109,31 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
         from_templates = templates[idx]  # [B, S, L]
         starts = from_templates if starts is None else jnp.concatenate([starts, from_templates], axis=1)
 
-    def fit_one(data, m, p, starts_1):
+    def fit_one(data, m, p, starts_1, budget):
         normal = make_normal(data, m, p)
-        z, obj, h, k, conv = multistart(normal, starts_1, lo, hi, max_steps=args["max_steps"], tol=tol)
+        z, obj, h, k, conv = multistart(normal, starts_1, lo, hi, max_steps=budget, tol=tol)
         return z, h, k, conv, obj - jnp.sum(p * (z - m) ** 2)
 
-    z, h, k, conv, chi2 = jax.vmap(fit_one)(data, pm, pp, starts)
+    too_few = n_pix < lo.shape[0] + 1
+    z, h, k, conv, chi2 = jax.vmap(fit_one)(data, pm, pp, starts, step_budget(too_few, args["max_steps"]))
     cov_z = jnp.linalg.inv(h)
     if return_model or isinstance(em, AbstractLinearEmulator):  # else χ² = objective − prior term
         model = model_of(z)
         chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
 
-    n_lab = z.shape[1]
     tiny = 1e-6 * (hi - lo)
     at_bound = jnp.any((z <= (lo + tiny)[None, :]) | (z >= (hi - tiny)[None, :]), axis=1)
-    status = chunk_status(z, chi2, cov_z, conv, at_bound, n_pix < n_lab + 1)
+    status = chunk_status(z, chi2, cov_z, conv, at_bound, too_few)
     out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, converged=conv)
     return out | {"model": model} if return_model else out
+
+
+def step_budget(too_few, max_steps):
+    """LM step limit per row [B]: none for rows without enough good pixels (BAD_INPUT, and the
+    padding rows of a chunk). Their normal matrix is zero, so the Gauss-Newton decrement is NaN and
+    they never converge; under vmap the whole chunk then ran every step of the budget (the kernel
+    fit of 300 spectra padded to 320: 8 lock-step LM iterations where 4 served every real fit)."""
+    return jnp.where(too_few, 0, max_steps)
 
 
 def chunk_status(x, chi2, cov, conv, at_bound, too_few):

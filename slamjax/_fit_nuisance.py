@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._fit_core import chunk_status
+from ._fit_core import chunk_status, step_budget
 from ._lm import multistart
 from ._nuisance import _WINDOW_PIXELS, C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
 
@@ -192,7 +192,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             model = model * cont
         return model, jnp.concatenate([jz, *cols], axis=1)
 
-    def fit_one(f1, w1, m, p, starts_1, lo1, hi1):
+    def fit_one(f1, w1, m, p, starts_1, lo1, hi1, budget):
         def normal(x):
             model, jac = predict(x)
             r = f1 - model
@@ -201,11 +201,12 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             h = jac.T @ (w1[:, None] * jac) + jnp.diag(p)
             return obj, g, h
 
-        x, _, h, k, conv = multistart(normal, starts_1, lo1, hi1, max_steps=args["max_steps"], tol=tol)
+        x, _, h, k, conv = multistart(normal, starts_1, lo1, hi1, max_steps=budget, tol=tol)
         model, _ = predict(x)
         return x, h, k, conv, model
 
-    x, h, k, conv, model = jax.vmap(fit_one)(f, w, pm_x, pp_x, starts, lo, hi)
+    too_few = n_pix < n_par + 1
+    x, h, k, conv, model = jax.vmap(fit_one)(f, w, pm_x, pp_x, starts, lo, hi, step_budget(too_few, args["max_steps"]))
     cov_x = jnp.linalg.inv(h)
     chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
 
@@ -213,7 +214,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
     tiny = 1e-6 * jnp.where(bounded[None, :], hi - lo, 0.0)
     edge = ((x <= lo + tiny) | (x >= hi - tiny)) & bounded[None, :]
     at_bound = jnp.any(edge, axis=1)
-    status = chunk_status(x, chi2, cov_x, conv, at_bound, n_pix < n_par + 1)
+    status = chunk_status(x, chi2, cov_x, conv, at_bound, too_few)
     out = dict(
         z=x[:, :n_lab],
         cov_z=cov_x[:, :n_lab, :n_lab],

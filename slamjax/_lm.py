@@ -76,7 +76,7 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
     lam0 = jnp.asarray(_LAMBDA0, obj0.dtype)
     zero = jnp.asarray(0)
     s0 = jnp.zeros_like(h0)
-    init = (x0, obj0, g0, h0, lam0, zero, zero, conv0, ~finite0 | conv0, dec0, s0)
+    init = (x0, obj0, g0, h0, lam0, zero, zero, conv0, ~finite0 | conv0 | (max_steps <= 0), dec0, s0)
 
     def cond(state):
         return ~state[8]

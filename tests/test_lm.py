@@ -57,3 +57,41 @@ def test_secant_term_cuts_zigzag_and_keeps_minimum_and_hessian():
     grid = np.stack(np.meshgrid(np.linspace(-0.01, 0.01, 21), np.linspace(-0.01, 0.01, 21)), -1).reshape(-1, 2)
     objs = np.array([float(_normal(np.asarray(x) + d)[0]) for d in grid])
     assert float(obj) <= objs.min() + 1e-12
+
+
+def test_rows_without_steps_do_not_hold_up_the_batch():
+    """A row with no information (zero normal matrix: a padding row or a spectrum without good
+    pixels) never converges; with a step budget of 0 (``_fit_core.step_budget``) it must not make the
+    vmapped loop run to the other rows' budget. Counted: loop iterations = batched normal() calls."""
+    from slamjax._fit_core import step_budget
+
+    calls = []
+
+    def normal(x, scale):
+        jax.debug.callback(lambda: calls.append(1))
+        o, g, h = _normal(x)
+        return o * scale, g * scale, h * scale
+
+    def run(x0, scale, budget):
+        def one(x, s, b):
+            return levenberg_marquardt(
+                lambda xx: normal(xx, s), x, jnp.asarray(LO), jnp.asarray(HI), max_steps=b, tol=1e-10
+            )
+
+        return jax.vmap(one)(x0, scale, budget)
+
+    x0 = jnp.array([[0.5, 1.0], [0.5, 1.0]])
+    scale = jnp.array([1.0, 0.0])  # row 1: objective, gradient and normal matrix all zero
+    budget = step_budget(jnp.array([False, True]), 200)
+    assert budget.tolist() == [200, 0]
+    x, obj, h, k, conv, dec, g = jax.jit(run)(x0, scale, budget)
+    jax.effects_barrier()
+    assert bool(conv[0]) and int(k[1]) == 0 and np.allclose(x[1], x0[1])
+    assert len(calls) == int(k[0]) + 1  # the start plus one evaluation per step of the real row
+    ref = jax.jit(run)(x0[:1], scale[:1], budget[:1])
+    np.testing.assert_allclose(x[0], ref[0][0], rtol=1e-12)
+    calls.clear()
+    # Without the budget the zero row's steps are all rejected (NaN) until the damping saturates.
+    jax.jit(run)(x0, scale, jnp.array([200, 200]))
+    jax.effects_barrier()
+    assert len(calls) == 15 > int(k[0]) + 1
