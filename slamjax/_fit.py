@@ -9,6 +9,7 @@ The compiled fit of one chunk is ``_fit_core._fit_chunk``; this module prepares 
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Mapping
@@ -32,7 +33,8 @@ _MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
 _PREPARED_CACHE_SIZE = 8  # emulators whose fit layout is kept between calls (_prepared)
 _PREPARED_CACHE_MAX_BYTES = 64 * 2**20  # larger fit layouts are rebuilt per call, not kept
-_prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux)})
+_TEMPLATE_JAC_MAX_BYTES = 64 * 2**20  # template Jacobians [K, P, L] kept (512 × 4300 px × 3 labels: 53 MB)
+_prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux, jac)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 
 
@@ -96,7 +98,8 @@ def fit_labels(
             and Jacobian, [chunk, P, 1 + L]) and fits with nuisance parameters: 1.1 million /
             (P·(1 + L)), 16 to 4096; smaller chunks also stop fewer fast fits waiting for a
             slow one in the batch (Payne 7214 px × 4 labels: 32 spectra gave 661/s, 152 gave
-            484/s; kernel 2000 × 2000 px, 3 starts: 137 gave 321/s, 550 gave 258/s).
+            484/s; kernel 2000 × 2000 px, 3 starts: 137 gave 321/s, 550 gave 258/s; measured
+            before the LM stepped a chunk's last unfinished fits apart, see ``slamjax._lm``).
         dtype: ``float32`` or ``float64`` for the computation; default: the dtype of
             ``flux`` (float64 for integer input), except float64 for emulators whose
             ``float32_ok`` is False (the kernel emulator: its float32 model flux errs by up to
@@ -247,10 +250,19 @@ def fit_labels(
         common["templates_ok"] = np.arange(k_pad) < templates_z.shape[0]
         if not isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
             # Template spectra once, not once per chunk (512 model evaluations per chunk).
+            # With their Jacobians (if they take at most _TEMPLATE_JAC_MAX_BYTES), the screening
+            # of the starts needs no model evaluation at the starts themselves.
+            jac_bytes = common["templates"].shape[0] * em.n_pixels * n_lab * dtype.itemsize
+            inside = np.all((templates_z >= lo_z) & (templates_z <= hi_z))
+            with_jac = starts is None and inside and jac_bytes <= _TEMPLATE_JAC_MAX_BYTES
             cached = prepared.get("templates")
-            if cached is None or not np.array_equal(cached[0], common["templates"]):
-                cached = prepared["templates"] = (common["templates"], _template_flux(em_c, common["templates"]))
+            stale = cached is None or not np.array_equal(cached[0], common["templates"])
+            if stale or (with_jac and cached[2] is None):
+                flux_t, jac_t = _template_flux(em_c, common["templates"], with_jac)
+                cached = prepared["templates"] = (common["templates"], flux_t, jac_t)
             common["templates_flux"] = cached[1]
+            if with_jac:
+                common["templates_jac"] = cached[2]
     if chunk_size is None:
         if isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
             chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
@@ -276,7 +288,7 @@ def fit_labels(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
     if max_steps > first and redo.size:
-        common2 = {k: v for k, v in common.items() if k not in ("templates", "templates_ok", "templates_flux")}
+        common2 = {k: v for k, v in common.items() if not k.startswith("templates")}
         rows2 = {k: v[redo] for k, v in rows.items() if k != "starts"}
         if nuis is None:
             rows2["starts"] = cat["z"][redo][:, None, :]
@@ -342,9 +354,13 @@ def _prepared(em, dtype) -> dict:
     return entry
 
 
-@jax.jit
-def _template_flux(em, templates_z):
-    return jax.vmap(lambda z: em(em.space.physical(z)))(templates_z)
+@functools.partial(jax.jit, static_argnums=2)
+def _template_flux(em, templates_z, with_jac):
+    """Template fluxes [K, P] and, ``with_jac``, their Jacobians [K, P, L] in standardised labels."""
+    if not with_jac:
+        return jax.vmap(lambda z: em(em.space.physical(z)))(templates_z), None
+    flux, jac = jax.vmap(lambda z: em.flux_and_jacobian(em.space.physical(z)))(templates_z)
+    return flux, jac * em.space.scale[None, None, :]
 
 
 def _direct_starts(model, flux, ivar, em):

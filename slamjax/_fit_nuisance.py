@@ -192,7 +192,9 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             model = model * cont
         return model, jnp.concatenate([jz, *cols], axis=1)
 
-    def fit_one(f1, w1, m, p, starts_1, lo1, hi1, budget):
+    def problem(row):
+        f1, w1, m, p, lo1, hi1 = row
+
         def normal(x):
             model, jac = predict(x)
             r = f1 - model
@@ -201,12 +203,12 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             h = jac.T @ (w1[:, None] * jac) + jnp.diag(p)
             return obj, g, h
 
-        x, _, h, k, conv = multistart(normal, starts_1, lo1, hi1, max_steps=budget, tol=tol)
-        model, _ = predict(x)
-        return x, h, k, conv, model
+        return normal, lo1, hi1
 
     too_few = n_pix < n_par + 1
-    x, h, k, conv, model = jax.vmap(fit_one)(f, w, pm_x, pp_x, starts, lo, hi, step_budget(too_few, args["max_steps"]))
+    budget = step_budget(too_few, args["max_steps"])
+    x, _, h, k, conv = multistart(problem, (f, w, pm_x, pp_x, lo, hi), starts, budget, tol=tol)
+    model = jax.vmap(lambda xx: predict(xx)[0])(x)
     cov_x = jnp.linalg.inv(h)
     chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
 

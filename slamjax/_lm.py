@@ -1,4 +1,5 @@
-"""Box-constrained Levenberg-Marquardt for ONE small least-squares problem (vmapped by callers).
+"""Box-constrained Levenberg-Marquardt for ONE small least-squares problem, and ``multistart``,
+which runs it for a batch of problems.
 
 The problem is given by ``normal(x) -> (obj, g, H)``: the objective (χ² plus prior
 penalty), half its gradient g = -JᵀW r + P(x - m), and the Gauss-Newton matrix
@@ -23,9 +24,19 @@ When H + S is not positive definite the step falls back to H. S changes the path
 convergence test, the accepted objective and the returned H (the covariance) are unchanged.
 Measured on the MILES peer benchmark (16 test stars restarted off their minimum): 20-64 steps
 → 6-12 for the slow ones, 5-13 → 5-6 for the others.
+
+Batches (``multistart``). Under vmap a loop runs until its slowest member is done, and every
+iteration costs the whole batch. The batch therefore steps together only while more than 1/8 of
+it is unfinished; the rest are then gathered and stepped alone. Measured (kernel emulator, 2
+cores, float64, 3 starts, warm): 300 synthetic spectra at 100 px 0.123-0.124 → 0.091-0.095 ms per
+spectrum together with the cached template normals of ``_fit_core``; MILES 87 stars 0.33 → 0.26-0.27
+ms at 215 px, 6.0-6.6 → 4.7-5.0 ms at 4300 px, identical minima on the MILES 5-fold CV (χ² within
+2e-9, labels within 2e-5 σ).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +45,7 @@ __all__ = ["levenberg_marquardt", "multistart"]
 
 _LAMBDA0 = 1e-3
 SCREEN_STEPS = 2  # LM steps each multi-start start gets before only the best one continues
+TAIL_FRACTION = 8  # multistart: step only the unfinished problems once at most 1/8 of the batch is left
 _LAMBDA_MIN = 1e-9
 _LAMBDA_MAX = 1e10
 
@@ -65,6 +77,28 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
     is within 100·tol, i.e. at the precision floor of float32 problems). ``obj``, ``g`` and
     ``h`` are those at ``x``.
     """
+    state = _init(normal, x0, lo, hi, max_steps=max_steps, tol=tol, start=start)
+    state = jax.lax.while_loop(
+        lambda st: ~st.done, lambda st: _step(normal, st, lo, hi, max_steps=max_steps, tol=tol), state
+    )
+    return state.x, state.obj, state.h, state.k, state.conv, state.dec, state.g
+
+
+class _State(NamedTuple):
+    x: jax.Array
+    obj: jax.Array
+    g: jax.Array
+    h: jax.Array
+    lam: jax.Array
+    k: jax.Array
+    n_small: jax.Array
+    conv: jax.Array
+    done: jax.Array
+    dec: jax.Array
+    s_mat: jax.Array
+
+
+def _init(normal, x0, lo, hi, *, max_steps, tol, start=None) -> _State:
     if start is None:
         x0 = jnp.clip(x0, lo, hi)
         obj0, g0, h0 = normal(x0)
@@ -74,66 +108,102 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
     finite0 = jnp.isfinite(obj0) & jnp.all(jnp.isfinite(g0)) & jnp.all(jnp.isfinite(h0))
     conv0 = finite0 & (dec0 < tol)
     lam0 = jnp.asarray(_LAMBDA0, obj0.dtype)
-    zero = jnp.asarray(0)
-    s0 = jnp.zeros_like(h0)
-    init = (x0, obj0, g0, h0, lam0, zero, zero, conv0, ~finite0 | conv0 | (max_steps <= 0), dec0, s0)
-
-    def cond(state):
-        return ~state[8]
-
-    def body(state):
-        x, obj, g, h, lam, k, n_small, _, _, _, s_mat = state
-        free = _free(x, g, lo, hi)
-        gf, hf = _masked(free, g, h)
-        _, hs = _masked(free, g, h + s_mat)
-        d = jnp.diag(hf)
-        d = jnp.maximum(d, 1e-12 * jnp.max(d))
-        # H + S where it is positive definite (finite Cholesky factor), else Gauss-Newton alone.
-        spd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(hs + lam * jnp.diag(d))))
-        a = jnp.where(spd, hs, hf) + lam * jnp.diag(d)
-        delta = -jnp.linalg.solve(a, gf)
-        x_new = jnp.clip(x + delta, lo, hi)
-        obj_new, g_new, h_new = normal(x_new)
-        ok = jnp.isfinite(obj_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(h_new))
-        accept = ok & (obj_new <= obj)
-        s_mat = jnp.where(accept, _secant_update(s_mat, x_new - x, g_new - g, h), s_mat)
-        # Count consecutive steps that lowered the objective by less than tol: at the
-        # rounding floor (float32) the decrement cannot reach tol, only get close.
-        small = ~accept | (obj - obj_new < tol)
-        n_small = jnp.where(small, n_small + 1, 0)
-        x = jnp.where(accept, x_new, x)
-        obj = jnp.where(accept, obj_new, obj)
-        g = jnp.where(accept, g_new, g)
-        h = jnp.where(accept, h_new, h)
-        lam = jnp.where(accept, jnp.maximum(lam * 0.2, _LAMBDA_MIN), lam * 10.0)
-        k = k + 1
-        dec = _decrement(x, g, h, lo, hi)
-        stalled = lam > _LAMBDA_MAX
-        at_floor = (stalled | (n_small >= 3)) & (dec < 100.0 * tol)
-        conv = (dec < tol) | at_floor
-        done = conv | stalled | (k >= max_steps)
-        return x, obj, g, h, lam, k, n_small, conv, done, dec, s_mat
-
-    x, obj, g, h, _, k, _, conv, _, dec, _ = jax.lax.while_loop(cond, body, init)
-    return x, obj, h, k, conv, dec, g
+    zero = jnp.zeros((), jnp.int32)
+    done0 = ~finite0 | conv0 | (max_steps <= 0)
+    return _State(x0, obj0, g0, h0, lam0, zero, zero, conv0, done0, dec0, jnp.zeros_like(h0))
 
 
-def multistart(normal, starts, lo, hi, *, max_steps, tol):
-    """LM from the best of several starts ``starts`` [S, L]: every start gets ``SCREEN_STEPS``
-    steps and only the best one continues (full runs from every start would cost S times more
-    model Jacobians). Returns ``(x, obj, h, n_steps, converged)``; the screening steps count."""
-    if starts.shape[0] > 1:
+def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
+    """One LM step (the caller keeps the old state where ``state.done``)."""
+    x, obj, g, h, lam, k, n_small, _, _, _, s_mat = state
+    free = _free(x, g, lo, hi)
+    gf, hf = _masked(free, g, h)
+    _, hs = _masked(free, g, h + s_mat)
+    d = jnp.diag(hf)
+    d = jnp.maximum(d, 1e-12 * jnp.max(d))
+    # H + S where it is positive definite (finite Cholesky factor), else Gauss-Newton alone.
+    spd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(hs + lam * jnp.diag(d))))
+    a = jnp.where(spd, hs, hf) + lam * jnp.diag(d)
+    delta = -jnp.linalg.solve(a, gf)
+    x_new = jnp.clip(x + delta, lo, hi)
+    obj_new, g_new, h_new = normal(x_new)
+    ok = jnp.isfinite(obj_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(h_new))
+    accept = ok & (obj_new <= obj)
+    s_mat = jnp.where(accept, _secant_update(s_mat, x_new - x, g_new - g, h), s_mat)
+    # Count consecutive steps that lowered the objective by less than tol: at the
+    # rounding floor (float32) the decrement cannot reach tol, only get close.
+    small = ~accept | (obj - obj_new < tol)
+    n_small = jnp.where(small, n_small + 1, 0)
+    x = jnp.where(accept, x_new, x)
+    obj = jnp.where(accept, obj_new, obj)
+    g = jnp.where(accept, g_new, g)
+    h = jnp.where(accept, h_new, h)
+    lam = jnp.where(accept, jnp.maximum(lam * 0.2, _LAMBDA_MIN), lam * 10.0)
+    k = k + 1
+    dec = _decrement(x, g, h, lo, hi)
+    stalled = lam > _LAMBDA_MAX
+    at_floor = (stalled | (n_small >= 3)) & (dec < 100.0 * tol)
+    conv = (dec < tol) | at_floor
+    done = conv | stalled | (k >= max_steps)
+    return _State(x, obj, g, h, lam, k, n_small, conv, done, dec, s_mat)
 
-        def screen(x0):
-            return levenberg_marquardt(normal, x0, lo, hi, max_steps=SCREEN_STEPS, tol=tol)
 
-        xs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts)
-        best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-        x0, k0, start = xs[best], ks[best], (objs[best], gs[best], hs[best])
-    else:
-        x0, k0, start = starts[0], jnp.zeros((), jnp.int32), None
-    x, obj, h, k, conv, _, _ = levenberg_marquardt(normal, x0, lo, hi, max_steps=max_steps - k0, tol=tol, start=start)
-    return x, obj, h, k0 + k, conv
+def multistart(problem, rows, starts, budget, *, tol, start_normals=None):
+    """LM for a batch of B problems, each from the best of several starts.
+
+    ``problem(row) -> (normal, lo, hi)`` builds one problem from its row of ``rows`` (a pytree
+    of arrays [B, …]); ``starts`` [B, S, n]; ``budget`` [B] steps per problem (0: none);
+    ``start_normals``: ``normal`` at every start, ``(obj [B, S], g [B, S, n], H [B, S, n, n])``, if
+    the caller has it (starts inside the box), which saves S evaluations per problem.
+
+    With S > 1 every start gets ``SCREEN_STEPS`` steps and only the best one continues (full runs
+    from every start would cost S times more model Jacobians); the screening steps count.
+
+    The main run steps the batch together while more than ``B // TAIL_FRACTION`` problems are
+    unfinished, then gathers the unfinished ones into a batch of that size and steps only those
+    (each step under vmap costs the whole batch, so a few slow fits used to make every fit of the
+    chunk run as many steps as the slowest). Returns ``(x, obj, h, n_steps, converged)``, [B, …].
+    """
+
+    def first(row, starts_1, budget_1, start_normals_1):
+        normal, lo, hi = problem(row)
+        if starts_1.shape[0] > 1:
+
+            def screen(x0, st):
+                return levenberg_marquardt(normal, x0, lo, hi, max_steps=SCREEN_STEPS, tol=tol, start=st)
+
+            xs, objs, hs, ks, _, _, gs = jax.vmap(screen)(starts_1, start_normals_1)
+            best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+            x0, k0, start = xs[best], ks[best], (objs[best], gs[best], hs[best])
+        else:
+            x0, k0 = starts_1[0], jnp.zeros((), jnp.int32)
+            start = None if start_normals_1 is None else jax.tree.map(lambda a: a[0], start_normals_1)
+        state = _init(normal, x0, lo, hi, max_steps=budget_1 - k0, tol=tol, start=start)
+        return state, k0
+
+    def step(rows_, state, budget_):
+        def one(row, st, b):
+            normal, lo, hi = problem(row)
+            new = _step(normal, st, lo, hi, max_steps=b, tol=tol)
+            return jax.tree.map(lambda old, nw: jnp.where(st.done, old, nw), st, new)
+
+        return jax.vmap(one)(rows_, state, budget_)
+
+    state, k0 = jax.vmap(first)(rows, starts, budget, start_normals)
+    budget = budget - k0
+    n = budget.shape[0]
+    tail = n // TAIL_FRACTION
+    state = jax.lax.while_loop(lambda st: jnp.sum(~st.done) > tail, lambda st: step(rows, st, budget), state)
+    if tail > 0:
+        # At most `tail` problems are unfinished: step only those. (Padding indices point at finished
+        # problems, whose states the steps leave unchanged.)
+        idx = jnp.nonzero(~state.done, size=tail, fill_value=jnp.argmax(state.done))[0]
+        sub_rows, sub_state = jax.tree.map(lambda a: a[idx], (rows, state))
+        sub_state = jax.lax.while_loop(
+            lambda st: jnp.any(~st.done), lambda st: step(sub_rows, st, budget[idx]), sub_state
+        )
+        state = jax.tree.map(lambda a, b: a.at[idx].set(b), state, sub_state)
+    return state.x, state.obj, state.h, k0 + state.k, state.conv
 
 
 def _secant_update(s_mat, step, y, h_old):

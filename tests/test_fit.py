@@ -249,6 +249,26 @@ def test_fit_layout_and_template_spectra_are_cached_per_emulator(cannon):
         _fit._PREPARED_CACHE_MAX_BYTES = limit
 
 
+def test_cached_template_jacobians_give_the_same_fits(cannon, monkeypatch):
+    """The screening's starting normals from the templates' cached Jacobians (generic path) equal
+    those of a model evaluation at the start; and a box that excludes templates (negative margin)
+    falls back to evaluating."""
+    from slamjax import _fit
+
+    em = wrap(cannon)
+    truth = interior_labels(cannon, 40, seed=95)
+    flux, ivar, _ = simulate(cannon, truth, 60, seed=96)
+    cached = sj.fit_labels(em, flux, ivar)
+    assert _fit._prepared_cache[(id(em), np.dtype(np.float64).str)][1]["templates"][2] is not None
+    monkeypatch.setattr(_fit, "_TEMPLATE_JAC_MAX_BYTES", 0)
+    fresh = sj.fit_labels(wrap(cannon), flux, ivar)
+    assert_close_scaled(cached.labels, fresh.labels, cannon, 1e-6)
+    np.testing.assert_allclose(cached.chi2, fresh.chi2, rtol=1e-8)
+    monkeypatch.undo()
+    shrunk = sj.fit_labels(wrap(cannon), flux, ivar, box_margin=-0.01)
+    assert np.all(np.isfinite(shrunk.labels))
+
+
 def test_input_validation(cannon):
     flux = np.ones((3, cannon.n_pixels))
     ivar = np.ones_like(flux)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import slamjax  # noqa: F401  (enables float64)
-from slamjax._lm import levenberg_marquardt
+from slamjax._lm import levenberg_marquardt, multistart
 
 T = np.linspace(-3, 3, 60)
 # Two blended lines fitted by one Gaussian: the residuals stay large at the minimum, so the
@@ -95,3 +95,41 @@ def test_rows_without_steps_do_not_hold_up_the_batch():
     jax.jit(run)(x0, scale, jnp.array([200, 200]))
     jax.effects_barrier()
     assert len(calls) == 15 > int(k[0]) + 1
+
+
+def test_multistart_steps_the_last_unfinished_problems_apart():
+    """A batch of 16 problems of which a few need many steps: the batch steps together until at
+    most 16 // 8 = 2 are left, then only those are stepped. Results equal per-problem runs."""
+    sizes = []
+    amps = jnp.linspace(0.6, 1.4, 16)
+    x0 = jnp.stack([jnp.full(16, 0.5), jnp.ones(16)], axis=1).at[:2].set(jnp.array([[-2.5, 0.2], [2.5, 4.0]]))
+
+    def problem(amp):
+        def record(v):  # called once per batched evaluation, with the batch
+            sizes.append(v.shape[0])
+            return v
+
+        def normal(x):
+            x = jax.pure_callback(record, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="expand_dims")
+            return _normal(x * jnp.array([1.0, amp]))  # a rescaled problem per row
+
+        return normal, jnp.asarray(LO), jnp.asarray(HI)
+
+    budget = jnp.full(16, 200)
+    ref = jax.jit(
+        jax.vmap(
+            lambda a, s: levenberg_marquardt(
+                problem(a)[0], s, jnp.asarray(LO), jnp.asarray(HI), max_steps=200, tol=1e-10
+            )
+        )
+    )(amps, x0)
+    sizes.clear()  # count the multistart run only
+    x, obj, h, k, conv = jax.jit(lambda a, s, b: multistart(problem, a, s, b, tol=1e-10))(amps, x0[:, None, :], budget)
+    jax.effects_barrier()
+    np.testing.assert_allclose(x, ref[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(k, ref[3])
+    assert bool(jnp.all(conv))
+    full, tail = sizes.count(16), sizes.count(2)  # batched normal() calls: the start, then one per step
+    k_sorted = np.sort(np.asarray(k))
+    assert full == 1 + k_sorted[-3]  # together until only 2 are unfinished
+    assert tail == k_sorted[-1] - k_sorted[-3] > 0  # then the last two alone
