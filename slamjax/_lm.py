@@ -148,7 +148,7 @@ def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
     return _State(x, obj, g, h, lam, k, n_small, conv, done, dec, s_mat)
 
 
-def multistart(problem, rows, starts, budget, *, tol, start_normals=None):
+def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_fraction=TAIL_FRACTION):
     """LM for a batch of B problems, each from the best of several starts.
 
     ``problem(row) -> (normal, lo, hi)`` builds one problem from its row of ``rows`` (a pytree
@@ -189,10 +189,23 @@ def multistart(problem, rows, starts, budget, *, tol, start_normals=None):
 
         return jax.vmap(one)(rows_, state, budget_)
 
+    if tail_fraction is None:  # every problem in its own (vmapped) loop
+
+        def whole(row, starts_1, budget_1, start_normals_1):
+            state, k0 = first(row, starts_1, budget_1, start_normals_1)
+            normal, lo, hi = problem(row)
+            state = jax.lax.while_loop(
+                lambda st: ~st.done, lambda st: _step(normal, st, lo, hi, max_steps=budget_1 - k0, tol=tol), state
+            )
+            return state, k0
+
+        state, k0 = jax.vmap(whole)(rows, starts, budget, start_normals)
+        return state.x, state.obj, state.h, k0 + state.k, state.conv
+
     state, k0 = jax.vmap(first)(rows, starts, budget, start_normals)
     budget = budget - k0
     n = budget.shape[0]
-    tail = n // TAIL_FRACTION
+    tail = n // tail_fraction
     state = jax.lax.while_loop(lambda st: jnp.sum(~st.done) > tail, lambda st: step(rows, st, budget), state)
     if tail > 0:
         # At most `tail` problems are unfinished: step only those. (Padding indices point at finished
