@@ -162,7 +162,9 @@ def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_f
     The main run steps the batch together while more than ``B // TAIL_FRACTION`` problems are
     unfinished, then gathers the unfinished ones into a batch of that size and steps only those
     (each step under vmap costs the whole batch, so a few slow fits used to make every fit of the
-    chunk run as many steps as the slowest). Returns ``(x, obj, h, n_steps, converged)``, [B, …].
+    chunk run as many steps as the slowest). ``tail_fraction=None``: one vmapped loop per problem
+    instead (the linear-feature path, whose steps are too cheap to gain from a smaller batch).
+    Returns ``(x, obj, h, n_steps, converged)``, [B, …].
     """
 
     def first(row, starts_1, budget_1, start_normals_1):
