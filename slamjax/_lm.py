@@ -78,10 +78,15 @@ def levenberg_marquardt(normal, x0, lo, hi, *, max_steps: int, tol: float, start
     ``h`` are those at ``x``.
     """
     state = _init(normal, x0, lo, hi, max_steps=max_steps, tol=tol, start=start)
-    state = jax.lax.while_loop(
+    state = _run(normal, state, lo, hi, max_steps=max_steps, tol=tol)
+    return state.x, state.obj, state.h, state.k, state.conv, state.dec, state.g
+
+
+def _run(normal, state, lo, hi, *, max_steps, tol):
+    """Step ONE problem from ``state`` until it is done."""
+    return jax.lax.while_loop(
         lambda st: ~st.done, lambda st: _step(normal, st, lo, hi, max_steps=max_steps, tol=tol), state
     )
-    return state.x, state.obj, state.h, state.k, state.conv, state.dec, state.g
 
 
 class _State(NamedTuple):
@@ -196,9 +201,7 @@ def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_f
         def whole(row, starts_1, budget_1, start_normals_1):
             state, k0 = first(row, starts_1, budget_1, start_normals_1)
             normal, lo, hi = problem(row)
-            state = jax.lax.while_loop(
-                lambda st: ~st.done, lambda st: _step(normal, st, lo, hi, max_steps=budget_1 - k0, tol=tol), state
-            )
+            state = _run(normal, state, lo, hi, max_steps=budget_1 - k0, tol=tol)
             return state, k0
 
         state, k0 = jax.vmap(whole)(rows, starts, budget, start_normals)
