@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._lm import TAIL_FRACTION, multistart
+from ._lm import TAIL_FRACTION, multistart, spd_inverse
 from ._result import Status
 from .emulators._base import AbstractLinearEmulator
 
@@ -100,7 +100,9 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
     start_normals = None
     if "templates" in args:
         templates = args["templates"]
-        prior_t = jnp.sum(pp[:, None, :] * (templates[None] - pm[:, None, :]) ** 2, axis=2)
+        # Σ_l p_l (t_l − m_l)² expanded into matrix products: the broadcast [B, K, L] form cost
+        # about as much as the data term (~0.5 ms per 320 spectra × 512 templates).
+        prior_t = (pp * pm * pm).sum(axis=1)[:, None] + pp @ (templates * templates).T - 2.0 * (pp * pm) @ templates.T
         if isinstance(em, AbstractLinearEmulator):
             a, b, c = data
             u_t = jax.vmap(em.features)(templates)[:, 1:]  # [K, T']
@@ -134,7 +136,7 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
         problem, (data, pm, pp), starts, budget, tol=tol, start_normals=start_normals, tail_fraction=tail
     )
     chi2 = obj - jnp.sum(pp * (z - pm) ** 2, axis=1)
-    cov_z = jnp.linalg.inv(h)
+    cov_z = spd_inverse(h)
     if return_model or isinstance(em, AbstractLinearEmulator):  # else χ² = objective − prior term
         model = model_of(z)
         chi2 = jnp.sum(w * (f - model) ** 2, axis=1)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._fit_core import chunk_status, step_budget
-from ._lm import multistart
+from ._lm import multistart, spd_inverse
 from ._nuisance import _WINDOW_PIXELS, C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
 
 # ------------------------------------------------------------ nuisance parameters
@@ -209,7 +209,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
     budget = step_budget(too_few, args["max_steps"])
     x, _, h, k, conv = multistart(problem, (f, w, pm_x, pp_x, lo, hi), starts, budget, tol=tol)
     model = jax.vmap(lambda xx: predict(xx)[0])(x)
-    cov_x = jnp.linalg.inv(h)
+    cov_x = spd_inverse(h)
     chi2 = jnp.sum(w * (f - model) ** 2, axis=1)
 
     bounded = jnp.isfinite(lo[0]) & jnp.isfinite(hi[0])

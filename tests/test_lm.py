@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import slamjax  # noqa: F401  (enables float64)
-from slamjax._lm import levenberg_marquardt, multistart
+from slamjax._lm import levenberg_marquardt, multistart, spd_inverse
 
 T = np.linspace(-3, 3, 60)
 # Two blended lines fitted by one Gaussian: the residuals stay large at the minimum, so the
@@ -133,3 +133,17 @@ def test_multistart_steps_the_last_unfinished_problems_apart():
     k_sorted = np.sort(np.asarray(k))
     assert full == 1 + k_sorted[-3]  # together until only 2 are unfinished
     assert tail == k_sorted[-1] - k_sorted[-3] > 0  # then the last two alone
+
+
+def test_spd_inverse_matches_inv_and_flags_non_positive_definite():
+    """The covariance inverse (Cholesky): equal to the LU inverse for SPD matrices, NaN (status
+    NON_FINITE downstream) for a singular or indefinite one, per matrix of a stack."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 5, 5))
+    spd = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(5)
+    np.testing.assert_allclose(np.asarray(spd_inverse(jnp.asarray(spd))), np.linalg.inv(spd), rtol=1e-9, atol=1e-12)
+    bad = spd.copy()
+    bad[1] = np.diag([1.0, 1.0, 0.0, 1.0, 1.0])  # singular
+    bad[2] = np.diag([1.0, -1.0, 1.0, 1.0, 1.0])  # indefinite
+    out = np.asarray(spd_inverse(jnp.asarray(bad)))
+    assert np.all(np.isfinite(out[[0, 3]])) and np.all(np.isnan(out[1])) and np.all(np.isnan(out[2]))
