@@ -325,9 +325,15 @@ def test_prep_usage_errors(tmp_path, capsys):
     _one_error_line(capsys)
 
 
-def test_train_payne_option(small_data, tmp_path, capsys):
+def test_train_payne_option(tmp_path, capsys):
+    # 40 stars x 400 pixels: the option's wiring is tested here, the network's accuracy in test_payne
+    ds = sj.data.load_sample()
+    data = tmp_path / "tiny.npz"
+    ds, px = ds[np.linspace(0, ds.n_spectra - 1, 40).astype(int)], slice(1500, 1900)
+    tiny = sj.SpectrumSet(ds.wave[px], ds.flux[:, px], ds.ivar[:, px], labels=ds.labels, label_names=ds.label_names)
+    tiny.save_npz(data)
     model = tmp_path / "payne.npz"
-    assert main(["train", str(small_data), "--out", str(model), "--emulator", "payne", "--seed", "1"]) == 0
+    assert main(["train", str(data), "--out", str(model), "--emulator", "payne", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "PayneEmulator" in out and "validation residuals" in out
     em = sj.load_emulator(model)
