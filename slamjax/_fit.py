@@ -34,6 +34,7 @@ _FIRST_BUDGET = 10
 _PREPARED_CACHE_SIZE = 8  # emulators whose fit layout is kept between calls (_prepared)
 _PREPARED_CACHE_MAX_BYTES = 64 * 2**20  # larger fit layouts are rebuilt per call, not kept
 _TEMPLATE_JAC_MAX_BYTES = 64 * 2**20  # template Jacobians [K, P, L] kept (512 × 4300 px × 3 labels: 53 MB)
+_PREPARED_CACHE_TOTAL_BYTES = 256 * 2**20  # all kept layouts and templates together (oldest go first)
 _prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux, jac)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 
@@ -260,6 +261,7 @@ def fit_labels(
             if stale or (with_jac and cached[2] is None):
                 flux_t, jac_t = _template_flux(em_c, common["templates"], with_jac)
                 cached = prepared["templates"] = (common["templates"], flux_t, jac_t)
+                _trim_prepared_cache(keep=prepared)
             common["templates_flux"] = cached[1]
             if with_jac:
                 common["templates_jac"] = cached[2]
@@ -338,8 +340,9 @@ def _prepared(em, dtype) -> dict:
     its template spectra, kept per emulator between calls (emulators are immutable). Building them
     each call cost ~2-3 ms (kernel, 400 centres × 100 px: the fit layout and 512 template spectra),
     as much as fitting ~15 spectra; for larger emulators the layout copies grow with the model.
-    Held by a weak reference; at most ``_PREPARED_CACHE_SIZE`` emulators (k folds of a CV), and only
-    layouts up to ``_PREPARED_CACHE_MAX_BYTES`` (a 2000 × 7214 px kernel in float64 takes 115 MB)."""
+    Held by a weak reference; at most ``_PREPARED_CACHE_SIZE`` emulators (k folds of a CV), only
+    layouts up to ``_PREPARED_CACHE_MAX_BYTES`` (a 2000 × 7214 px kernel in float64 takes 115 MB), and
+    ``_PREPARED_CACHE_TOTAL_BYTES`` for all kept layouts and templates together."""
     key = (id(em), np.dtype(dtype).str)
     hit = _prepared_cache.get(key)
     if hit is not None and hit[0]() is em:
@@ -351,7 +354,26 @@ def _prepared(em, dtype) -> dict:
     while len(_prepared_cache) >= _PREPARED_CACHE_SIZE:
         _prepared_cache.pop(next(iter(_prepared_cache)))
     _prepared_cache[key] = (weakref.ref(em, lambda _, key=key: _prepared_cache.pop(key, None)), entry)
+    _trim_prepared_cache(keep=entry)
     return entry
+
+
+def _entry_bytes(entry) -> int:
+    return sum(a.nbytes for a in jax.tree.leaves(entry) if hasattr(a, "nbytes"))
+
+
+def _trim_prepared_cache(keep) -> None:
+    """Drop the oldest kept emulators while the cache holds more than ``_PREPARED_CACHE_TOTAL_BYTES``
+    (8 CV-fold kernel models at full MILES resolution held ~60 MB of template Jacobians each);
+    ``keep`` (the entry in use) stays."""
+    total = sum(_entry_bytes(e) for _, e in _prepared_cache.values())
+    for key in list(_prepared_cache):
+        if total <= _PREPARED_CACHE_TOTAL_BYTES:
+            break
+        entry = _prepared_cache[key][1]
+        if entry is not keep:
+            total -= _entry_bytes(entry)
+            del _prepared_cache[key]
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -249,6 +249,26 @@ def test_fit_layout_and_template_spectra_are_cached_per_emulator(cannon):
         _fit._PREPARED_CACHE_MAX_BYTES = limit
 
 
+def test_prepared_cache_is_bounded_in_bytes(cannon, monkeypatch):
+    """Kept layouts and templates of several emulators stay under _PREPARED_CACHE_TOTAL_BYTES: the
+    oldest go first, the one in use stays (and still gives the same fit)."""
+    from slamjax import _fit
+
+    truth = interior_labels(cannon, 6, seed=97)
+    flux, ivar, _ = simulate(cannon, truth, 80, seed=98)
+    ems = [wrap(cannon) for _ in range(3)]
+    first = sj.fit_labels(ems[0], flux, ivar)
+    one = _fit._entry_bytes(_fit._prepared_cache[(id(ems[0]), np.dtype(np.float64).str)][1])
+    monkeypatch.setattr(_fit, "_PREPARED_CACHE_TOTAL_BYTES", int(1.5 * one))
+    for em in ems[1:]:
+        res = sj.fit_labels(em, flux, ivar)
+        np.testing.assert_array_equal(res.labels, first.labels)
+    kept = [k[0] for k in _fit._prepared_cache]
+    assert id(ems[2]) in kept and id(ems[0]) not in kept and id(ems[1]) not in kept
+    total = sum(_fit._entry_bytes(e) for _, e in _fit._prepared_cache.values())
+    assert total <= 1.5 * one
+
+
 def test_cached_template_jacobians_give_the_same_fits(cannon, monkeypatch):
     """The screening's starting normals from the templates' cached Jacobians (generic path) equal
     those of a model evaluation at the start; and a box that excludes templates (negative margin)
