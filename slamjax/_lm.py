@@ -135,8 +135,9 @@ def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
     d = jnp.diag(hf)
     d = jnp.maximum(d, 1e-12 * jnp.max(d))
     # H + S where it is positive definite (finite Cholesky factor), else Gauss-Newton alone.
-    # Cholesky factors only (no LU): the same steps to rounding, and the fit programs compile
-    # 5-12 % faster (Cannon 4.0-4.7 -> 3.8-4.2 s, kernel 6.3-7.3 -> 5.9-6.0 s on 2 cores).
+    # Cholesky factors only (no LU): the same steps to rounding; the fit programs compile 5-12 %
+    # faster (Cannon 4.0-4.7 -> 3.8-4.2 s, kernel 6.3-7.3 -> 5.9-6.0 s on 2 cores) and the Cannon's
+    # O(T²) steps run ~20 % faster (4300 px, 5120 spectra: 0.75 / 0.93 -> 0.61 / 0.70 s).
     c_s = jnp.linalg.cholesky(hs + lam * jnp.diag(d))
     spd = jnp.all(jnp.isfinite(c_s))
     c = jnp.where(spd, c_s, jnp.linalg.cholesky(hf + lam * jnp.diag(d)))
