@@ -12,8 +12,14 @@ Two evaluation strategies give the same χ² (a test checks this):
 Starts from the training labels (templates) are ranked by their objective from the template
 spectra, computed once per emulator. For the generic path ``fit_labels`` also keeps the
 templates' Jacobians (up to ``_fit._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal
-matrix at each start then cost O(P·L²) instead of a model evaluation (3 of the 9 evaluations
-of a 3-start screening).
+matrix at each start then cost O(P·L²) instead of a model evaluation.
+
+Emulators with a ``_pixel_order`` (the kernel emulator's float64 fit layout, whose coefficient
+columns are grouped by γ) are evaluated in that order: the data are permuted once per chunk
+instead of the model flux and Jacobian at every evaluation, and the Jacobian comes out as
+[L, P], the layout the normal matrix needs. Measured with the multi-start screening change of
+``slamjax._lm`` (kernel, 400 centres × 100 px, 300 spectra, 2 cores, interleaved runs, best of
+40): 72-73 → 63-66 µs per spectrum for the compiled chunk, identical minima.
 """
 
 from __future__ import annotations
@@ -75,7 +81,36 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
                 h = du.T @ a @ du + jnp.diag(p)
                 return obj, g, h
 
-            return normal
+            def objective(z):
+                u = u_of(z)
+                return c - 2.0 * u @ b + u @ (a @ u) + jnp.sum(p * (z - m) ** 2)
+
+            return normal, objective
+    elif em._pixel_order is not None:
+        # The data permuted once into the emulator's own pixel order (the sums do not depend on it);
+        # columns that are no pixel (order −1, padding) get zero weight.
+        order = em._pixel_order
+        data = (f[:, jnp.maximum(order, 0)], jnp.where(order >= 0, w[:, jnp.maximum(order, 0)], 0.0))
+
+        def model_of(z):
+            return jax.vmap(lambda zz: em(space.physical(zz)))(z)
+
+        def make_normal(data, m, p):
+            f, w = data
+
+            def normal(z):
+                model, jt = em._flux_and_jacobian_t(z)
+                r = f - model
+                obj = jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
+                g = -jt @ (w * r) + p * (z - m)
+                h = (jt * w[None, :]) @ jt.T + jnp.diag(p)
+                return obj, g, h
+
+            def objective(z):
+                r = f - em._flux_ordered(z)
+                return jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
+
+            return normal, objective
     else:
         data = (f, w)
 
@@ -94,7 +129,11 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
                 h = jz.T @ (w[:, None] * jz) + jnp.diag(p)
                 return obj, g, h
 
-            return normal
+            def objective(z):
+                r = f - em(space.physical(z))
+                return jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
+
+            return normal, objective
 
     starts = args.get("starts")
     start_normals = None
@@ -124,7 +163,8 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
 
     def problem(row):
         data_1, m, p = row
-        return make_normal(data_1, m, p), lo, hi
+        normal, objective = make_normal(data_1, m, p)
+        return normal, lo, hi, objective
 
     too_few = n_pix < lo.shape[0] + 1
     budget = step_budget(too_few, args["max_steps"])

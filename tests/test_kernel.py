@@ -156,6 +156,14 @@ def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
     np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(j1, j0, rtol=1e-10, atol=1e-11)
     np.testing.assert_allclose(jax.vmap(form)(x), f0, rtol=0, atol=1e-12)
+    # The fit's own layout: outputs in coefficient-column order, Jacobian [L, P] in standardised labels.
+    z = jax.vmap(form.space.standardise)(x)
+    order = np.asarray(form._pixel_order)
+    f2, jt2 = jax.vmap(form._flux_and_jacobian_t)(z)
+    np.testing.assert_allclose(f2, f0[:, order], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(jax.vmap(form._flux_ordered)(z), f0[:, order], rtol=0, atol=1e-12)
+    jz = j0 * np.asarray(form.space.scale)[None, None, :]
+    np.testing.assert_allclose(np.swapaxes(jt2, 1, 2), jz[:, order], rtol=1e-10, atol=1e-11)
     assert type(_fit_view(em, jnp.float32)) is sj.KernelEmulator
     limit = _kernel._EXTENDED_MAX_BYTES
     try:
@@ -182,6 +190,12 @@ def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():
         for x in ds.labels[:3]:
             np.testing.assert_allclose(q(x), e(x), rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(q.flux_and_jacobian(x)[1], e.flux_and_jacobian(x)[1], rtol=1e-10, atol=1e-12)
+    # Fits see no difference either: the padding columns of the fit layout carry no weight.
+    held = fold == 0
+    r0, r1 = (sj.fit_labels(m, ds.flux[held], ds.ivar[held], systematics=False) for m in (ems[0], padded[0]))
+    np.testing.assert_allclose(r1.labels, r0.labels, rtol=0, atol=1e-6 * np.min(r0.labels_err))
+    np.testing.assert_allclose(r1.chi2, r0.chi2, rtol=1e-9)
+    np.testing.assert_array_equal(r1.n_steps, r0.n_steps)
     before = _fit_chunk._cache_size()
     cv = sj.validate.cross_validate(ds, "kernel", k=3, train_kwargs=grid, max_steps=200)
     # phase 1 (all spectra) and at most one phase-2 shape (the slow fits), not one of each per fold

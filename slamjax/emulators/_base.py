@@ -267,6 +267,23 @@ class AbstractEmulator(eqx.Module):
                 )
         return _replace_systematics(self, systematics)
 
+    @property
+    def _pixel_order(self):
+        """``None``, or the pixel of each output column [Q] (Q >= P; −1: a padding column, no pixel):
+        then :meth:`_flux_and_jacobian_t` gives its outputs in that order, and ``fit_labels``
+        permutes the data once instead of the model at every step."""
+        return None
+
+    def _flux_ordered(self, z):
+        """Model flux at the standardised labels ``z`` [L], outputs in the order :attr:`_pixel_order`."""
+        return self(self.space.physical(z))
+
+    def _flux_and_jacobian_t(self, z):
+        """Model flux and Jacobian transposed [L, ·] with respect to the standardised labels ``z``
+        [L], outputs in the order :attr:`_pixel_order` (used by ``fit_labels`` when that is set)."""
+        flux, jac = self.flux_and_jacobian(self.space.physical(z))
+        return flux, (jac * self.space.scale[None, :]).T
+
     def _fit_form(self, dtype) -> AbstractEmulator:
         """An equivalent emulator laid out for repeated ``flux_and_jacobian`` calls in ``dtype``
         (``fit_labels`` uses it; never saved). Default: ``self``."""

@@ -461,9 +461,12 @@ class _KernelFitForm(AbstractEmulator):
     x_sq: Float[Array, " m"]
     coef_ext: Float[Array, "m Q"]
     inverse: Int[Array, " P"]
+    order: Int[Array, " P"]
     gammas: Float[Array, " G"]
     flux_mean: Float[Array, " P"]
     flux_scale: Float[Array, " P"]
+    flux_scale_ordered: Float[Array, " P"]
+    flux_mean_ordered: Float[Array, " P"]
     groups: tuple[tuple[int, int], ...] = eqx.field(static=True)
 
     @classmethod
@@ -482,9 +485,12 @@ class _KernelFitForm(AbstractEmulator):
             x_sq=jnp.asarray(np.sum(x * x, axis=1)),
             coef_ext=jnp.asarray(np.concatenate(blocks, axis=1)),
             inverse=em.inverse,
+            order=em.order,
             gammas=em.gammas,
             flux_mean=em.flux_mean,
             flux_scale=em.flux_scale,
+            flux_scale_ordered=em.flux_scale[em.order],
+            flux_mean_ordered=em.flux_mean[em.order],
             groups=em.groups,
         )
 
@@ -492,8 +498,7 @@ class _KernelFitForm(AbstractEmulator):
     def float32_ok(self) -> bool:
         return False
 
-    def _products(self, labels, n_rows):
-        z = self.space.standardise(labels)
+    def _products(self, z, n_rows):
         d2 = jnp.maximum(self.x_sq - 2.0 * (z @ self.x_train.T) + z @ z, 0.0)  # [m]
         n_lab = z.shape[0]
         out = []
@@ -504,12 +509,31 @@ class _KernelFitForm(AbstractEmulator):
         return z, out
 
     def __call__(self, labels):
-        _, out = self._products(labels, 1)
+        _, out = self._products(self.space.standardise(labels), 1)
         y = jnp.concatenate([o[0] for o in out])[self.inverse]
         return y * self.flux_scale + self.flux_mean
 
+    @property
+    def _pixel_order(self):
+        return self.order
+
+    def _flux_ordered(self, z):
+        _, out = self._products(z, 1)
+        return jnp.concatenate([o[0] for o in out]) * self.flux_scale_ordered + self.flux_mean_ordered
+
+    def _flux_and_jacobian_t(self, z):
+        """Flux and Jacobian transposed [L, P] (standardised labels) in the coefficients' column
+        order ``order``: no gather of the outputs back into wavelength order, and the Jacobian
+        comes out of the products with the labels in rows, as the normal matrix uses it."""
+        z, out = self._products(z, 1 + self.x_train.shape[1])
+        y = jnp.concatenate([o[0] for o in out])
+        jt = jnp.concatenate(
+            [(2.0 * self.gammas[g]) * (o[1:] - z[:, None] * o[0][None, :]) for g, o in enumerate(out)], axis=1
+        )
+        return y * self.flux_scale_ordered + self.flux_mean_ordered, jt * self.flux_scale_ordered[None, :]
+
     def flux_and_jacobian(self, labels):
-        z, out = self._products(labels, 1 + self.x_train.shape[1])
+        z, out = self._products(self.space.standardise(labels), 1 + self.x_train.shape[1])
         ys = [o[0] for o in out]
         js = [(2.0 * self.gammas[g]) * (o[1:] - z[:, None] * o[0][None, :]).T for g, o in enumerate(out)]
         y = jnp.concatenate(ys)[self.inverse]
