@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._fit_core import chunk_status, step_budget
+from ._fit_core import chunk_status, gauss_newton_terms, step_budget
 from ._lm import multistart, spd_inverse
 from ._nuisance import _WINDOW_PIXELS, C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
 
@@ -199,8 +199,8 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
             model, jac = predict(x)
             r = f1 - model
             obj = jnp.sum(w1 * r * r) + jnp.sum(p * (x - m) ** 2)
-            g = -jac.T @ (w1 * r) + p * (x - m)
-            h = jac.T @ (w1[:, None] * jac) + jnp.diag(p)
+            g, h = gauss_newton_terms(jac.T, w1, r)
+            g, h = g + p * (x - m), h + jnp.diag(p)
             return obj, g, h
 
         return normal, lo1, hi1
