@@ -146,7 +146,11 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
             obj_t = c[:, None] - 2.0 * b @ u_t.T + a.reshape(a.shape[0], -1) @ uu_t.T + prior_t
         else:
             flux_t = args["templates_flux"]  # [K, P], computed once per fit_labels call
-            obj_t = jnp.sum(w * f * f, axis=1)[:, None] - 2.0 * (w * f) @ flux_t.T + w @ (flux_t * flux_t).T + prior_t
+            # One matrix product for both data terms, Σ w (f − t)² = Σ w f² + [w f, w] · [−2 t, t²]
+            # (two products took ~2x as long: 1.45 ms per 320 spectra × 512 templates × 100 px).
+            rows = jnp.concatenate([w * f, w], axis=1)
+            cols = jnp.concatenate([-2.0 * flux_t, flux_t * flux_t], axis=1)
+            obj_t = jnp.sum(w * f * f, axis=1)[:, None] + rows @ cols.T + prior_t
         obj_t = jnp.where(jnp.isfinite(obj_t) & args["templates_ok"][None, :], obj_t, jnp.inf)
         # Rank in float32: XLA's CPU top_k sorts float64 (~40x slower); only the choice of
         # starting points depends on it.
