@@ -72,7 +72,9 @@ def fit_labels(
             supplies ``ivar`` and ``ids``; its grid must equal ``em.wave``).
         ivar: inverse variances [N, P] (``>= 0``; 0 = bad pixel).
         init: ``"training"`` — evaluate the model at every training label vector,
-            take the ``n_starts`` lowest-objective ones as starting points, run LM
+            take the ``n_starts`` lowest-objective ones as starting points (the best, then the
+            best of the 16 best that lie at least 0.5 standard deviations of the training labels
+            from the starts taken, where there are such; see ``_fit_core.diverse_starts``), run LM
             from each and keep the lowest final objective; or an array of starts in
             physical units, [L], [N, L] or [N, S, L]; or a direct (discriminative) model
             from :mod:`slamjax.direct` (anything with ``predict(flux, ivar) -> [N, L']`` and

@@ -34,6 +34,9 @@ from ._lm import TAIL_FRACTION, multistart, spd_inverse
 from ._result import Status
 from .emulators._base import AbstractLinearEmulator
 
+_START_CANDIDATES = 16  # diverse_starts: starts are chosen among this many best templates
+_START_SEPARATION = 0.5  # ... at least this far apart (standardised labels), where there are such
+
 
 # ------------------------------------------------------------------ compiled core
 # Plain jax.jit, not eqx.filter_jit: equinox (0.13) blocks until each call completes, which
@@ -152,9 +155,7 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
             cols = jnp.concatenate([-2.0 * flux_t, flux_t * flux_t], axis=1)
             obj_t = jnp.sum(w * f * f, axis=1)[:, None] + rows @ cols.T + prior_t
         obj_t = jnp.where(jnp.isfinite(obj_t) & args["templates_ok"][None, :], obj_t, jnp.inf)
-        # Rank in float32: XLA's CPU top_k sorts float64 (~40x slower); only the choice of
-        # starting points depends on it.
-        _, idx = jax.lax.top_k(-obj_t.astype(jnp.float32), n_starts)
+        idx = diverse_starts(obj_t, templates, n_starts)
         from_templates = templates[idx]  # [B, S, L]
         if starts is None and "templates_jac" in args:
             # The objective, gradient and normal matrix at each start from the templates' cached
@@ -199,6 +200,32 @@ def gauss_newton_terms(jt, w, r):
     jw = jt·w, was up to 3× slower than −Σ jt·(w r) with jt given as a transpose.)"""
     jw = jt * w[None, :]
     return -jnp.sum(jt * (w * r)[None, :], axis=-1), jnp.sum(jw[:, None, :] * jt[None, :, :], axis=-1)
+
+
+def diverse_starts(obj_t, templates, n_starts, n_candidates=_START_CANDIDATES, separation=_START_SEPARATION):
+    """Indices [B, S] of the starting templates: the lowest objective ``obj_t`` [B, K] first, then
+    the lowest among the ``n_candidates`` best that lie at least ``separation`` (standardised label
+    units) from every start taken so far (the nearest ones again only when there are no others).
+    Neighbouring templates of the best one mostly run into the same minimum; a start farther away
+    can find another. Ranked in float32: XLA's CPU top_k sorts float64 ~40× slower, and only the
+    choice of starting points depends on it."""
+    n_cand = min(n_candidates, obj_t.shape[1])
+    _, cand = jax.lax.top_k(-obj_t.astype(jnp.float32), n_cand)  # best first
+    if n_starts == 1:
+        return cand[:, :1]
+    t_c = templates[cand]  # [B, C, L]
+    taken = jnp.zeros(cand.shape, bool)
+    near = jnp.zeros(cand.shape, bool)
+    picks = []
+    for _ in range(n_starts):
+        # Candidates near a start rank after all others (their order kept); taken ones last of all.
+        rank = jnp.where(taken, 2 * n_cand, jnp.arange(n_cand)[None, :] + jnp.where(near, n_cand, 0))
+        j = jnp.argmin(rank, axis=1)
+        picks.append(j)
+        taken = taken | (jnp.arange(n_cand)[None, :] == j[:, None])
+        t_j = jnp.take_along_axis(t_c, j[:, None, None], axis=1)  # [B, 1, L]
+        near = near | (jnp.sum((t_c - t_j) ** 2, axis=-1) < separation**2)
+    return jnp.take_along_axis(cand, jnp.stack(picks, axis=1), axis=1)
 
 
 def _template_normals(f, w, pm, pp, z_t, flux_t, jac_t):

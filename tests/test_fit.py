@@ -336,3 +336,27 @@ def test_chunk_shape_pads_little_and_keeps_few_shapes():
             shapes.add(c)
     assert _chunk_shape(300, 2750) == 320  # was padded to 512
     assert len(shapes) < 40
+
+
+def test_diverse_starts_skip_neighbours_of_taken_starts():
+    """Starting templates: the best first, then the best among the candidates at least the separation
+    away from every start taken; without such candidates, the next best in objective order."""
+    from slamjax._fit_core import diverse_starts
+
+    templates = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.2], [1.0, 0.0], [1.05, 0.0], [-1.0, 1.0]])
+    obj = jnp.array(
+        [
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # a cluster of 3 near the best, then two far groups
+            [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # best is the far corner, then 4 (and 3 next to it)
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        ]
+    )
+    idx = np.asarray(diverse_starts(obj, templates, 3, n_candidates=6, separation=0.5))
+    np.testing.assert_array_equal(idx[0], [0, 3, 5])
+    np.testing.assert_array_equal(idx[1], [5, 4, 2])
+    # all candidates within the separation: plain objective order
+    close = jnp.zeros_like(templates).at[:, 0].set(jnp.arange(6) * 0.01)
+    np.testing.assert_array_equal(np.asarray(diverse_starts(obj[:1], close, 3, n_candidates=6)), [[0, 1, 2]])
+    # only the best n_candidates compete: with 2, the far templates are never seen
+    np.testing.assert_array_equal(np.asarray(diverse_starts(obj[:1], templates, 2, n_candidates=2)), [[0, 1]])
+    np.testing.assert_array_equal(np.asarray(diverse_starts(obj[:1], templates, 1)), [[0]])
