@@ -53,10 +53,14 @@ the LM (model, Jacobian, χ², gradient, Gauss-Newton matrix) plus the per-step 
   (independent of P), final model + χ² ``2 P T + 4 P``.
 
 Evaluations per spectrum (``fit_labels`` internals, mirrored here: phase 1 gives every
-spectrum a budget of 10 LM steps; with S > 1 starts each start is screened by 2 LM steps
-(3 evaluations) and only the best continues; spectra not converged after phase 1 are refitted
-in a second pass from their best point): ``3S + (n₁ − 2) + 2`` in phase 1 (screening; main
-steps after screening; initial + final evaluation) and ``n₂ + 2`` in phase 2, where n₁, n₂ are
+spectrum a budget of 10 LM steps; with S > 1 starts each start is screened by 2 LM steps and
+only the best continues: the objective, gradient and normal matrix at the starts come from the
+templates' cached Jacobians, the first step needs a full evaluation, the second only the
+objective (model flux), and the start that continues one full evaluation; spectra not converged
+after phase 1 are refitted in a second pass from their best point): in phase 1 ``S + 1 + (n₁ − 2)``
+full evaluations (the Cannon's linear path ``2S + 1 + (n₁ − 2)``: no cached template normals) and
+``S`` objective-only ones, in phase 2 ``n₂ + 1``, plus the final model and χ² of each phase,
+where n₁, n₂ are
 the step counts of the spectrum in each phase (from ``FitResult.n_steps``). This is the
 *useful* work. Under ``vmap`` a ``while_loop`` runs every member of a batch until the slowest
 stops, so the *executed* work uses, per chunk, the maximum step count of the chunk (padding
@@ -302,6 +306,8 @@ def flop_costs(kind: str, d: dict) -> dict:
             "emulator_fj": None,
             "emulator_f": 2 * p * d["T"],
             "evaluation": quad + lm,
+            "objective": 2 * t * t + 4 * t + 2 * nl,  # the quadratic form alone (last screening step)
+            "start_evaluations": True,  # no cached template normals on the linear path
             "pass_per_row": pass_,
             "pixel_pass": p * (t * (t + 1) + 2 * t + 14),
             "templates_per_row": 2 * k * (t * t + t) + 3 * k,
@@ -320,6 +326,7 @@ def flop_costs(kind: str, d: dict) -> dict:
         "emulator_fj": fj,
         "emulator_f": f,
         "evaluation": fj + normal + lm,
+        "objective": f + 3 * p,  # model flux and Σ w r² only (last screening step)
         "pass_per_row": 12 * p + f + 4 * p + 2 * nl**3,
         "templates_per_row": 4 * p * k,
         "templates_per_chunk": k * (f + p),
@@ -330,16 +337,24 @@ def flops_per_spectrum(costs: dict, n_steps, status, batch: int, n_starts: int) 
     """Useful and executed (lockstep) FLOPs per spectrum, from the per-spectrum LM step counts."""
     n = n_steps.size
     s = n_starts
-    screen = (1 + SCREEN_STEPS) * s if s > 1 else 0
+    # Full evaluations (model, Jacobian, normal matrix): SCREEN_STEPS - 1 steps per start and one at the
+    # start that continues (generic emulators take the starts' own from the templates' cached Jacobians,
+    # the linear path evaluates them); objective-only: the last screening step of each start. (The final
+    # model and χ² of each phase are in pass_per_row.)
+    starts = s if costs.get("start_evaluations") else 0
+    screen = (SCREEN_STEPS - 1) * s + 1 + starts if s > 1 else 0
+    screen_obj = s if s > 1 else 0
     k0 = SCREEN_STEPS if s > 1 else 0
     n1 = np.minimum(n_steps, FIRST_BUDGET)
     main1 = np.maximum(n1 - k0, 0)
     redo = (n_steps >= FIRST_BUDGET) & (status != int(sj.Status.BAD_INPUT)) & (status != int(sj.Status.NON_FINITE))
     main2 = np.where(redo, n_steps - FIRST_BUDGET, 0)
-    ev = costs["evaluation"]
+    ev, ob = costs["evaluation"], costs["objective"]
     chunk = effective_chunk(batch, n)
     n_chunks = -(-n // chunk)
-    useful_evals = screen + main1 + 2 + redo * (main2 + 2)
+    useful_full = screen + main1 + redo * (main2 + 1)
+    useful_obj = screen_obj
+    useful_evals = useful_full + useful_obj * ob / ev  # in full-evaluation equivalents
     useful = (
         useful_evals.mean() * ev
         + (1 + redo.mean()) * costs["pass_per_row"]
@@ -348,14 +363,14 @@ def flops_per_spectrum(costs: dict, n_steps, status, batch: int, n_starts: int) 
     )
     exec_evals = 0.0
     for i0 in range(0, n, chunk):
-        exec_evals += chunk * (screen + main1[i0 : i0 + chunk].max() + 2)
+        exec_evals += chunk * (screen + main1[i0 : i0 + chunk].max() + screen_obj * ob / ev)
     rows = n_chunks * chunk
     idx = np.flatnonzero(redo)
     n_chunks2, rows2 = 0, 0
     if idx.size:
         chunk2 = effective_chunk(batch, idx.size)
         for i0 in range(0, idx.size, chunk2):
-            exec_evals += chunk2 * (main2[idx[i0 : i0 + chunk2]].max() + 2)
+            exec_evals += chunk2 * (main2[idx[i0 : i0 + chunk2]].max() + 1)
             n_chunks2 += 1
         rows2 = n_chunks2 * chunk2
     executed = (
