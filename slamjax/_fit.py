@@ -34,7 +34,7 @@ _FIRST_BUDGET = 10
 _PREPARED_CACHE_SIZE = 8  # emulators whose fit layout is kept between calls (_prepared)
 _PREPARED_CACHE_MAX_BYTES = 64 * 2**20  # larger fit layouts are rebuilt per call, not kept
 _TEMPLATE_JAC_MAX_BYTES = 64 * 2**20  # template Jacobians [K, P, L] kept (512 × 4300 px × 3 labels: 53 MB)
-_PREPARED_CACHE_TOTAL_BYTES = 256 * 2**20  # all kept layouts and templates together (oldest go first)
+_PREPARED_CACHE_TOTAL_BYTES = 256 * 2**20  # all kept layouts and templates together (least recently used go first)
 _prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux, jac)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 
@@ -348,6 +348,7 @@ def _prepared(em, dtype) -> dict:
     key = (id(em), np.dtype(dtype).str)
     hit = _prepared_cache.get(key)
     if hit is not None and hit[0]() is em:
+        _prepared_cache[key] = _prepared_cache.pop(key)  # most recently used last: eviction takes the first
         return hit[1]
     em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, _fit_view(em, dtype))
     entry = {"em": em_c}
@@ -365,7 +366,7 @@ def _entry_bytes(entry) -> int:
 
 
 def _trim_prepared_cache(keep) -> None:
-    """Drop the oldest kept emulators while the cache holds more than ``_PREPARED_CACHE_TOTAL_BYTES``
+    """Drop the least recently used emulators while the cache holds more than ``_PREPARED_CACHE_TOTAL_BYTES``
     (8 CV-fold kernel models at full MILES resolution held ~60 MB of template Jacobians each);
     ``keep`` (the entry in use) stays."""
     total = sum(_entry_bytes(e) for _, e in _prepared_cache.values())

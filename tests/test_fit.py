@@ -269,6 +269,23 @@ def test_prepared_cache_is_bounded_in_bytes(cannon, monkeypatch):
     assert total <= 1.5 * one
 
 
+def test_prepared_cache_evicts_the_least_recently_used(cannon, monkeypatch):
+    """An emulator fitted again moves to the end of the eviction order: with room for two, fitting
+    A, B, A, C keeps A and C (insertion order would have dropped A)."""
+    from slamjax import _fit
+
+    truth = interior_labels(cannon, 4, seed=99)
+    flux, ivar, _ = simulate(cannon, truth, 80, seed=100)
+    a, b, c = (wrap(cannon) for _ in range(3))
+    sj.fit_labels(a, flux, ivar)
+    one = _fit._entry_bytes(_fit._prepared_cache[(id(a), np.dtype(np.float64).str)][1])
+    monkeypatch.setattr(_fit, "_PREPARED_CACHE_TOTAL_BYTES", int(2.5 * one))
+    for em in (b, a, c):
+        sj.fit_labels(em, flux, ivar)
+    kept = [k[0] for k in _fit._prepared_cache]
+    assert id(a) in kept and id(c) in kept and id(b) not in kept
+
+
 def test_cached_template_jacobians_give_the_same_fits(cannon, monkeypatch):
     """The screening's starting normals from the templates' cached Jacobians (generic path) equal
     those of a model evaluation at the start; and a box that excludes templates (negative margin)
