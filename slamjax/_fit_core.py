@@ -10,7 +10,7 @@ Two evaluation strategies give the same χ² (a test checks this):
   constant column θ_0 keeps c small, which matters in float32.)
 
 Starts from the training labels (templates) are ranked by their objective from the template
-spectra, computed once per emulator. For the generic path ``fit_labels`` also keeps the
+spectra, computed once per emulator, and taken apart from each other (``diverse_starts``). For the generic path ``fit_labels`` also keeps the
 templates' Jacobians (up to ``_fit._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal
 matrix at each start then cost O(P·L²) instead of a model evaluation.
 
