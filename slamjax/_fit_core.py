@@ -10,9 +10,10 @@ Two evaluation strategies give the same χ² (a test checks this):
   constant column θ_0 keeps c small, which matters in float32.)
 
 Starts from the training labels (templates) are ranked by their objective from the template
-spectra, computed once per emulator, and taken apart from each other (``diverse_starts``). For the generic path ``fit_labels`` also keeps the
-templates' Jacobians (up to ``_fit._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal
-matrix at each start then cost O(P·L²) instead of a model evaluation.
+spectra, computed once per emulator, and taken apart from each other (``diverse_starts``). For the
+generic path ``fit_labels`` also keeps the templates' Jacobians (up to
+``_fit._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal matrix at each start then
+cost O(P·L²) instead of a model evaluation.
 
 Emulators with a ``_pixel_order`` (the kernel emulator's float64 fit layout, whose coefficient
 columns are grouped by γ) are evaluated in that order: the data are permuted once per chunk
@@ -89,11 +90,14 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
                 return c - 2.0 * u @ b + u @ (a @ u) + jnp.sum(p * (z - m) ** 2)
 
             return normal, objective
-    elif em._pixel_order is not None:
-        # The data permuted once into the emulator's own pixel order (the sums do not depend on it);
-        # columns that are no pixel (order −1, padding) get zero weight.
+    else:
+        # Emulators with a ``_pixel_order`` get the data permuted once into their own pixel order (the
+        # sums do not depend on it); columns that are no pixel (order −1, padding) get zero weight.
         order = em._pixel_order
-        data = (f[:, jnp.maximum(order, 0)], jnp.where(order >= 0, w[:, jnp.maximum(order, 0)], 0.0))
+        if order is None:
+            data = (f, w)
+        else:
+            data = (f[:, jnp.maximum(order, 0)], jnp.where(order >= 0, w[:, jnp.maximum(order, 0)], 0.0))
 
         def model_of(z):
             return jax.vmap(lambda zz: em(space.physical(zz)))(z)
@@ -110,27 +114,6 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
 
             def objective(z):
                 r = f - em._flux_ordered(z)
-                return jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
-
-            return normal, objective
-    else:
-        data = (f, w)
-
-        def model_of(z):
-            return jax.vmap(lambda zz: em(space.physical(zz)))(z)
-
-        def make_normal(data, m, p):
-            f, w = data
-
-            def normal(z):
-                model, jac = em.flux_and_jacobian(space.physical(z))
-                r = f - model
-                obj = jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
-                g, h = gauss_newton_terms((jac * space.scale[None, :]).T, w, r)
-                return obj, g + p * (z - m), h + jnp.diag(p)
-
-            def objective(z):
-                r = f - em(space.physical(z))
                 return jnp.sum(w * r * r) + jnp.sum(p * (z - m) ** 2)
 
             return normal, objective
