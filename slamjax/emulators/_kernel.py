@@ -509,9 +509,7 @@ class _KernelFitForm(AbstractEmulator):
         return z, out
 
     def __call__(self, labels):
-        _, out = self._products(self.space.standardise(labels), 1)
-        y = jnp.concatenate([o[0] for o in out])[self.inverse]
-        return y * self.flux_scale + self.flux_mean
+        return self._flux_ordered(self.space.standardise(labels))[self.inverse]
 
     @property
     def _pixel_order(self):
@@ -533,10 +531,5 @@ class _KernelFitForm(AbstractEmulator):
         return y * self.flux_scale_ordered + self.flux_mean_ordered, jt * self.flux_scale_ordered[None, :]
 
     def flux_and_jacobian(self, labels):
-        z, out = self._products(self.space.standardise(labels), 1 + self.x_train.shape[1])
-        ys = [o[0] for o in out]
-        js = [(2.0 * self.gammas[g]) * (o[1:] - z[:, None] * o[0][None, :]).T for g, o in enumerate(out)]
-        y = jnp.concatenate(ys)[self.inverse]
-        jz = jnp.concatenate(js)[self.inverse]
-        flux = y * self.flux_scale + self.flux_mean
-        return flux, jz * self.flux_scale[:, None] / self.space.scale[None, :]
+        flux, jt = self._flux_and_jacobian_t(self.space.standardise(labels))
+        return flux[self.inverse], jt.T[self.inverse] / self.space.scale[None, :]
