@@ -377,3 +377,62 @@ def test_diverse_starts_skip_neighbours_of_taken_starts():
     # only the best n_candidates compete: with 2, the far templates are never seen
     np.testing.assert_array_equal(np.asarray(diverse_starts(obj[:1], templates, 2, n_candidates=2)), [[0, 1]])
     np.testing.assert_array_equal(np.asarray(diverse_starts(obj[:1], templates, 1)), [[0]])
+
+
+def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypatch):
+    """Chunks fitted by a thread pool come back in order and equal the serial fits; a worker's error
+    reaches the caller; ``workers`` is validated."""
+    import threading
+
+    from slamjax import _fit
+
+    em = wrap(cannon)  # the generic path (its default uses workers)
+    truth = interior_labels(cannon, 100, seed=93)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=94)
+    ivar[37] = 0.0  # a bad spectrum inside the second chunk keeps its place
+    serial = sj.fit_labels(em, flux, ivar, workers=1, chunk_size=32)
+    threads = set()
+    orig = _fit._fit_chunk
+
+    def spy(*args, **kw):
+        threads.add(threading.current_thread().name)
+        return orig(*args, **kw)
+
+    monkeypatch.setattr(_fit, "_fit_chunk", spy)
+    par = sj.fit_labels(em, flux, ivar, workers=3, chunk_size=32)
+    assert all(name.startswith("slamjax-fit") for name in threads) and len(threads) >= 2, threads
+    np.testing.assert_array_equal(par.status, serial.status)
+    assert par.status[37] == Status.BAD_INPUT and np.sum(par.status == Status.BAD_INPUT) == 1
+    ok = par.status != Status.BAD_INPUT
+    np.testing.assert_allclose(par.labels[ok], serial.labels[ok], rtol=1e-12)
+    np.testing.assert_allclose(par.model_flux[ok], serial.model_flux[ok], rtol=1e-12)
+    np.testing.assert_allclose(par.snr, serial.snr)
+    assert np.all(np.abs(par.labels[ok] - truth[ok]) / par.labels_err[ok] < 5)
+
+    # A batch below 2 × 32 spectra is not split for workers; one of 100 is (chunks of >= 32).
+    shapes = []
+
+    def shape_spy(em_, args, **kw):
+        shapes.append(args["flux"].shape[0])
+        return orig(em_, args, **kw)
+
+    monkeypatch.setattr(_fit, "_fit_chunk", shape_spy)
+    sj.fit_labels(em, flux[:50], ivar[:50], workers=2)
+    assert len(shapes) == 1 and shapes[0] >= 50, shapes
+    shapes.clear()
+    sj.fit_labels(em, flux, ivar, workers=2)
+    assert len(shapes) >= 2 and min(shapes) >= 32, shapes
+
+    def failing(em_, args, **kw):
+        if np.all(args["ivar"][0] == 0):  # the first chunk (its first spectrum is bad), in a worker
+            raise RuntimeError("chunk failed")
+        return orig(em_, args, **kw)
+
+    monkeypatch.setattr(_fit, "_fit_chunk", failing)
+    flux2, ivar2 = flux[32:], ivar[32:].copy()
+    ivar2[0] = 0.0
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        sj.fit_labels(em, flux2, ivar2, workers=2, chunk_size=32)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="workers"):
+            sj.fit_labels(cannon, flux, ivar, workers=bad)
