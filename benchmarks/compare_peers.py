@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 from _machine import cpu_times, cpu_usage, machine_info, machine_markdown, own_cpu_seconds, write_results  # noqa: E402
 
 import slamjax as sj  # noqa: E402
+from slamjax import _fit  # noqa: E402  (the default fit workers, for the report)
 
 PEERS_DIR = _HERE / "peers"
 PEER_PYTHON = PEERS_DIR / ".venv-peers" / "bin" / "python"
@@ -474,8 +475,9 @@ def markdown(result):
         f"Timing: wall clock on this machine, {s['jobs']} worker(s) for the peers where their API takes one "
         "(astroslam `n_jobs`; TheCannon and annieslasso run serially, see peers/README.md). slamjax "
         f"training = best warm call of {s['train_repeats']} (compilation excluded; first call listed separately); "
-        f"slamjax fit = median of {s['fit_repeats']} `sj.fit_labels` calls on each S/N group, after a compiling "
-        "call on the first group. Peers: "
+        f"slamjax fit = median of {s['fit_repeats']} `sj.fit_labels` calls on each S/N group (defaults; here "
+        f"{s.get('fit_workers', '?')} worker thread(s) for the kernel and Payne emulators, 1 for the Cannon's "
+        "quadratic-form path), after a compiling call on the first group. Peers: "
         "training call(s) and one test-step call per group, timed inside the runner (process start and imports "
         "excluded). 'fit ms/spec' = that call's time / spectra in the group.",
         "",
@@ -587,7 +589,7 @@ def parse_args(argv=None):
         "--train-repeats", type=int, default=None, help="slamjax training calls; best after the first (default 2)"
     )
     p.add_argument(
-        "--fit-repeats", type=int, default=3, help="timed slamjax fit calls per group; the median is reported (3)"
+        "--fit-repeats", type=int, default=5, help="timed slamjax fit calls per group; the median is reported (5)"
     )
     p.add_argument("--payne-epochs", type=int, default=None, help="sj-payne max_epochs (default: the package's)")
     p.add_argument("--peer-python", default=str(PEER_PYTHON), help="python of the peer environment")
@@ -684,6 +686,7 @@ def main(argv=None):
         "jobs": args.jobs,
         "train_repeats": args.train_repeats,
         "fit_repeats": args.fit_repeats,
+        "fit_workers": _fit._default_workers(),
         "seed": args.seed,
         "cpu_usage": usage,
         "systematics": args.systematics,

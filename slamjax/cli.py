@@ -183,7 +183,15 @@ def cmd_fit(args) -> int:
     ds = _load_spectra(args.data, args.flux_key)
     dtype = np.float32 if args.float32 else np.float64
     t0 = time.perf_counter()
-    res = sj.fit_labels(em, ds, n_starts=args.n_starts, chunk_size=args.chunk_size, dtype=dtype, progress=args.progress)
+    res = sj.fit_labels(
+        em,
+        ds,
+        n_starts=args.n_starts,
+        chunk_size=args.chunk_size,
+        workers=args.workers,
+        dtype=dtype,
+        progress=args.progress,
+    )
     seconds = time.perf_counter() - t0
     res.write(out, overwrite=args.overwrite)
 
@@ -338,7 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA.npz", help="spectra on the model's wavelength grid")
     p.add_argument("--out", required=True, metavar="CATALOG.fits", help="catalog to write")
     p.add_argument("--n-starts", type=_int_at_least(1), default=3, help="starting points per spectrum (default 3)")
-    p.add_argument("--chunk-size", type=_int_at_least(1), default=1024, help="spectra per batch (default 1024)")
+    p.add_argument(
+        "--chunk-size",
+        type=_int_at_least(1),
+        default=None,
+        help="spectra per compiled batch (default: fit_labels' choice for the emulator and pixel count)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=None,
+        help="batches fitted at once by threads (default: the CPU cores available, at most 8; 1 on a GPU)",
+    )
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalog")

@@ -117,6 +117,12 @@ def test_train_info_fit(trained, small_data, tmp_path, capsys):
     assert len(tab) == 60
     assert {"teff", "teff_err", "logg", "fe_h", "status", "chi2"} <= set(tab.colnames)
     assert np.isfinite(np.asarray(tab["teff"])).all()
+    cat1 = tmp_path / "cat_one_worker.fits"
+    assert main(["fit", str(model), str(small_data), "--out", str(cat1), "--n-starts", "2", "--workers", "1"]) == 0
+    capsys.readouterr()
+    np.testing.assert_allclose(np.asarray(Table.read(cat1)["teff"]), np.asarray(tab["teff"]), rtol=1e-9)
+    assert main(["fit", str(model), str(small_data), "--out", str(cat1), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
 
     # no silent overwrite; --overwrite replaces (float32 path too)
     assert main(["fit", str(model), str(small_data), "--out", str(cat)]) == 1
