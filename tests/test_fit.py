@@ -409,7 +409,8 @@ def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypat
     np.testing.assert_allclose(par.snr, serial.snr)
     assert np.all(np.abs(par.labels[ok] - truth[ok]) / par.labels_err[ok] < 5)
 
-    # A batch below 2 × 32 spectra is not split for workers; one of 100 is (chunks of >= 32).
+    # A batch below 2 × _MIN_WORKER_CHUNK spectra is not split for workers; a larger one is.
+    monkeypatch.setattr(_fit, "_MIN_WORKER_CHUNK", 32)
     shapes = []
 
     def shape_spy(em_, args, **kw):
