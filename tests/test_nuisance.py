@@ -100,6 +100,11 @@ def test_rv_pulls_and_unbiased_labels(problem):
     np.testing.assert_allclose(res.cov, res.cov_full[:, :3, :3])
     tab = res.to_table()
     assert {"rv", "rv_err", "cov_full"} <= set(tab.colnames)
+    # two chunks of 60: fitted one after the other or by two worker threads, the same fits
+    one, two = (sj.fit_labels(model.emulator(), flux, ivar, rv=True, workers=w) for w in (1, 2))
+    np.testing.assert_allclose(two.rv, one.rv, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(two.labels, one.labels, rtol=1e-12)
+    np.testing.assert_allclose(two.cov_full, one.cov_full, rtol=1e-9, atol=1e-15)
 
 
 def test_continuum_matches_unmultiplied_fit(problem):
