@@ -196,6 +196,11 @@ def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():
     np.testing.assert_allclose(r1.labels, r0.labels, rtol=0, atol=1e-6 * np.min(r0.labels_err))
     np.testing.assert_allclose(r1.chi2, r0.chi2, rtol=1e-9)
     np.testing.assert_array_equal(r1.n_steps, r0.n_steps)
+    for m, r in ((ems[0], r0), (padded[0], r1)):
+        # The model the LM carries (γ-group order, with padding columns) comes back in pixel order.
+        np.testing.assert_allclose(r.model_flux, m.predict(r.labels), rtol=0, atol=1e-9)
+        w = ds.ivar[held] / (1.0 + ds.ivar[held] * np.asarray(m.pixel_variance)[None, :])
+        np.testing.assert_allclose(r.chi2, np.sum(w * (ds.flux[held] - r.model_flux) ** 2, axis=1), rtol=1e-9)
     before = _fit_chunk._cache_size()
     cv = sj.validate.cross_validate(ds, "kernel", k=3, train_kwargs=grid, max_steps=200)
     # phase 1 (all spectra) and at most one phase-2 shape (the slow fits), not one of each per fold
