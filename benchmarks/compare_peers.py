@@ -259,6 +259,8 @@ def run_peer(name, data, args, tmp):
     if not python.exists():
         return {"available": False, "why": f"no peer environment ({python}); run: bash benchmarks/peers/setup.sh"}
     config = {"label_names": list(data["label_names"]), "n_jobs": args.jobs}
+    if name in ("thecannon", "annieslasso"):
+        config["test_repeats"] = args.peer_test_repeats
     if name == "astroslam":
         config.update(
             C_grid=[1.0 / lam for lam in LAMBDAS],
@@ -478,8 +480,9 @@ def markdown(result):
         f"slamjax fit = median of {s['fit_repeats']} `sj.fit_labels` calls on each S/N group (defaults; here "
         f"{s.get('fit_workers', '?')} worker thread(s) for the kernel and Payne emulators, 1 for the Cannon's "
         "quadratic-form path), after a compiling call on the first group. Peers: "
-        "training call(s) and one test-step call per group, timed inside the runner (process start and imports "
-        "excluded). 'fit ms/spec' = that call's time / spectra in the group.",
+        f"training call(s) and, per group, the median of {s.get('peer_test_repeats', 1)} test-step calls "
+        "(thecannon, annieslasso; astroslam one call), timed inside the runner (process start and imports "
+        "excluded). 'fit ms/spec' = that time / spectra in the group.",
         "",
         "Errors. slamjax rows report formal errors plus the emulator's systematic label errors, estimated by "
         f"{s['cv']}-fold cross-validation on the training set (`sj.validate.cv_systematics`: every training star "
@@ -591,6 +594,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--fit-repeats", type=int, default=5, help="timed slamjax fit calls per group; the median is reported (5)"
     )
+    p.add_argument(
+        "--peer-test-repeats",
+        type=int,
+        default=5,
+        help="test-step calls per group for thecannon and annieslasso; the median is reported (5; astroslam: 1)",
+    )
     p.add_argument("--payne-epochs", type=int, default=None, help="sj-payne max_epochs (default: the package's)")
     p.add_argument("--peer-python", default=str(PEER_PYTHON), help="python of the peer environment")
     p.add_argument(
@@ -625,6 +634,8 @@ def parse_args(argv=None):
     a.train_repeats = a.train_repeats or 2
     if a.fit_repeats < 1:
         p.error("--fit-repeats must be >= 1")
+    if a.peer_test_repeats < 1:
+        p.error("--peer-test-repeats must be >= 1")
     if a.payne_epochs is None and q:
         a.payne_epochs = 200
     if a.jobs is None:
@@ -687,6 +698,7 @@ def main(argv=None):
         "train_repeats": args.train_repeats,
         "fit_repeats": args.fit_repeats,
         "fit_workers": _fit._default_workers(),
+        "peer_test_repeats": args.peer_test_repeats,
         "seed": args.seed,
         "cpu_usage": usage,
         "systematics": args.systematics,
