@@ -120,21 +120,32 @@ class _State(NamedTuple):
     done: jax.Array
     dec: jax.Array
     s_mat: jax.Array
+    aux: object = None  # what ``normal`` returns beyond (obj, g, H) at x (e.g. the model), or None
+
+
+def _eval(normal, x):
+    """``normal(x)`` as (obj, g, H, aux); aux None where ``normal`` returns only (obj, g, H)."""
+    out = normal(x)
+    return (out[0], out[1], out[2], out[3] if len(out) > 3 else None)
+
+
+def _finite(obj, g, h):
+    return jnp.isfinite(obj) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h))
 
 
 def _init(normal, x0, lo, hi, *, max_steps, tol, start=None) -> _State:
     if start is None:
         x0 = jnp.clip(x0, lo, hi)
-        obj0, g0, h0 = normal(x0)
+        obj0, g0, h0, aux0 = _eval(normal, x0)
     else:
-        obj0, g0, h0 = start
+        obj0, g0, h0, aux0 = tuple(start) + (None,) * (4 - len(start))
     dec0 = _decrement(x0, g0, h0, lo, hi)
     finite0 = jnp.isfinite(obj0) & jnp.all(jnp.isfinite(g0)) & jnp.all(jnp.isfinite(h0))
     conv0 = finite0 & (dec0 < tol)
     lam0 = jnp.asarray(_LAMBDA0, obj0.dtype)
     zero = jnp.zeros((), jnp.int32)
     done0 = ~finite0 | conv0 | (max_steps <= 0)
-    return _State(x0, obj0, g0, h0, lam0, zero, zero, conv0, done0, dec0, jnp.zeros_like(h0))
+    return _State(x0, obj0, g0, h0, lam0, zero, zero, conv0, done0, dec0, jnp.zeros_like(h0), aux0)
 
 
 def _proposal(state: _State, lo, hi):
@@ -158,9 +169,9 @@ def _proposal(state: _State, lo, hi):
 
 def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
     """One LM step (the caller keeps the old state where ``state.done``)."""
-    x, obj, g, h, lam, k, n_small, _, _, _, s_mat = state
+    x, obj, g, h, lam, k, n_small, _, _, _, s_mat, aux = state
     x_new = _proposal(state, lo, hi)
-    obj_new, g_new, h_new = normal(x_new)
+    obj_new, g_new, h_new, aux_new = _eval(normal, x_new)
     ok = jnp.isfinite(obj_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(h_new))
     accept = ok & (obj_new <= obj)
     s_mat = jnp.where(accept, _secant_update(s_mat, x_new - x, g_new - g, h), s_mat)
@@ -172,6 +183,7 @@ def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
     obj = jnp.where(accept, obj_new, obj)
     g = jnp.where(accept, g_new, g)
     h = jnp.where(accept, h_new, h)
+    aux = jax.tree.map(lambda a, b: jnp.where(accept, a, b), aux_new, aux)
     lam = jnp.where(accept, jnp.maximum(lam * 0.2, _LAMBDA_MIN), lam * 10.0)
     k = k + 1
     dec = _decrement(x, g, h, lo, hi)
@@ -179,10 +191,12 @@ def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
     at_floor = (stalled | (n_small >= 3)) & (dec < 100.0 * tol)
     conv = (dec < tol) | at_floor
     done = conv | stalled | (k >= max_steps)
-    return _State(x, obj, g, h, lam, k, n_small, conv, done, dec, s_mat)
+    return _State(x, obj, g, h, lam, k, n_small, conv, done, dec, s_mat, aux)
 
 
-def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_fraction=TAIL_FRACTION):
+def multistart(
+    problem, rows, starts, budget, *, tol, start_normals=None, tail_fraction=TAIL_FRACTION, return_aux=False
+):
     """LM for a batch of B problems, each from the best of several starts.
 
     ``problem(row) -> (normal, lo, hi)`` builds one problem from its row of ``rows`` (a pytree
@@ -198,7 +212,9 @@ def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_f
     (each step under vmap costs the whole batch, so a few slow fits used to make every fit of the
     chunk run as many steps as the slowest). ``tail_fraction=None``: one vmapped loop per problem
     instead (the linear-feature path, whose steps are too cheap to gain from a smaller batch).
-    Returns ``(x, obj, h, n_steps, converged)``, [B, …].
+    Returns ``(x, obj, h, n_steps, converged)``, [B, …], and with ``return_aux`` also ``aux``: what
+    ``normal`` returns beyond (obj, g, H) at x (e.g. the model values; ``start_normals`` then carry it
+    as a fourth element), so that the caller need not evaluate the model at the solution again.
     """
 
     def first(row, starts_1, budget_1, start_normals_1):
@@ -228,7 +244,8 @@ def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_f
             return state, k0
 
         state, k0 = jax.vmap(whole)(rows, starts, budget, start_normals)
-        return state.x, state.obj, state.h, k0 + state.k, state.conv
+        out = (state.x, state.obj, state.h, k0 + state.k, state.conv)
+        return out + (state.aux,) if return_aux else out
 
     state, k0 = jax.vmap(first)(rows, starts, budget, start_normals)
     budget = budget - k0
@@ -244,7 +261,8 @@ def multistart(problem, rows, starts, budget, *, tol, start_normals=None, tail_f
             lambda st: jnp.any(~st.done), lambda st: step(sub_rows, st, budget[idx]), sub_state
         )
         state = jax.tree.map(lambda a, b: a.at[idx].set(b), state, sub_state)
-    return state.x, state.obj, state.h, k0 + state.k, state.conv
+    out = (state.x, state.obj, state.h, k0 + state.k, state.conv)
+    return out + (state.aux,) if return_aux else out
 
 
 def _unpack(p):
@@ -261,7 +279,7 @@ def _screen(normal, objective, starts, start_normals, lo, hi, *, tol):
     model evaluation), and the gradient and normal matrix only at the one point that continues:
     the same points and choice as full steps, for one full evaluation instead of S.
 
-    Returns ``(x0, k0, start)``: the best point, the steps taken to it, ``normal(x0)``."""
+    Returns ``(x0, k0, start)``: the best point, the steps taken to it, ``normal(x0)`` as (obj, g, H, aux)."""
 
     def run(x0, sn):
         st = _init(normal, x0, lo, hi, max_steps=SCREEN_STEPS, tol=tol, start=sn)
@@ -275,10 +293,10 @@ def _screen(normal, objective, starts, start_normals, lo, hi, *, tol):
 
     st, x_try, objs, take = jax.vmap(run)(starts, start_normals)
     best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-    kept = (st.obj[best], st.g[best], st.h[best])
-    new = normal(x_try[best])
+    kept = (st.obj[best], st.g[best], st.h[best], jax.tree.map(lambda a: a[best], st.aux))
+    new = _eval(normal, x_try[best])
     # A tried point whose gradient or normal matrix is not finite counts as a rejected step.
-    use = take[best] & jnp.isfinite(new[0]) & jnp.all(jnp.isfinite(new[1])) & jnp.all(jnp.isfinite(new[2]))
+    use = take[best] & _finite(*new[:3])
     start = jax.tree.map(lambda a, b: jnp.where(use, a, b), new, kept)
     x0 = jnp.where(use, x_try[best], st.x[best])
     k0 = st.k[best] + jnp.where(st.done[best], 0, 1)

@@ -174,7 +174,8 @@ def test_screening_picks_what_full_screening_steps_pick_with_one_jacobian():
 
     normal = counted("normal", _normal)
     objective = counted("objective", lambda x: _normal(x)[0])
-    x0, k0, (obj, g, h) = jax.jit(lambda s: _lm._screen(normal, objective, s, None, lo, hi, tol=1e-10))(starts)
+    x0, k0, (obj, g, h, aux) = jax.jit(lambda s: _lm._screen(normal, objective, s, None, lo, hi, tol=1e-10))(starts)
+    assert aux is None  # normal() returns (obj, g, H) only
     jax.effects_barrier()
     n_s, n_steps = starts.shape[0], _lm.SCREEN_STEPS
     assert calls == {"normal": n_s * (n_steps - 1) + n_s + 1, "objective": n_s}  # starts, full steps, best
