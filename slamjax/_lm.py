@@ -140,7 +140,7 @@ def _init(normal, x0, lo, hi, *, max_steps, tol, start=None) -> _State:
     else:
         obj0, g0, h0, aux0 = tuple(start) + (None,) * (4 - len(start))
     dec0 = _decrement(x0, g0, h0, lo, hi)
-    finite0 = jnp.isfinite(obj0) & jnp.all(jnp.isfinite(g0)) & jnp.all(jnp.isfinite(h0))
+    finite0 = _finite(obj0, g0, h0)
     conv0 = finite0 & (dec0 < tol)
     lam0 = jnp.asarray(_LAMBDA0, obj0.dtype)
     zero = jnp.zeros((), jnp.int32)
@@ -172,8 +172,7 @@ def _step(normal, state: _State, lo, hi, *, max_steps, tol) -> _State:
     x, obj, g, h, lam, k, n_small, _, _, _, s_mat, aux = state
     x_new = _proposal(state, lo, hi)
     obj_new, g_new, h_new, aux_new = _eval(normal, x_new)
-    ok = jnp.isfinite(obj_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(h_new))
-    accept = ok & (obj_new <= obj)
+    accept = _finite(obj_new, g_new, h_new) & (obj_new <= obj)
     s_mat = jnp.where(accept, _secant_update(s_mat, x_new - x, g_new - g, h), s_mat)
     # Count consecutive steps that lowered the objective by less than tol: at the
     # rounding floor (float32) the decrement cannot reach tol, only get close.
