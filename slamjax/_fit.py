@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,9 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ._chunking import _chunk_shape, _default_workers, _pad, _progress
 from ._fit_core import _fit_chunk
-from ._fit_nuisance import _V_SCALE, _fit_chunk_nuisance, _nuisance_setup
+from ._fit_nuisance import _fit_chunk_nuisance, _nuisance_outputs, _nuisance_setup
 from ._result import FitResult, Status
 from ._spectra import SpectrumSet, snr_of
 from .emulators._base import AbstractEmulator, AbstractLinearEmulator, _fit_view
@@ -40,7 +40,6 @@ _PREPARED_CACHE_TOTAL_BYTES = 256 * 2**20  # all kept layouts and templates toge
 _prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux, jac)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 _GENERIC_CHUNK_MAX_CPU = 256  # default chunk ceiling on CPU for fits with model + Jacobian evaluations
-_MAX_WORKERS = 8  # default ceiling of chunks fitted at once on CPU (fit_labels ``workers``)
 _MIN_WORKER_CHUNK = 128  # a batch is split for concurrent workers only into chunks of at least this many spectra
 
 
@@ -433,27 +432,6 @@ def _direct_starts(model, flux, ivar, em):
     return pred
 
 
-def _nuisance_outputs(cat, nuis, n_lab, bad, scale):
-    """rv, continuum coefficients, their errors and the full covariance (physical units)."""
-    rv_on, degree, segments, _, _ = nuis
-    x = cat["x"].astype(np.float64)
-    cov = cat["cov_x"].astype(np.float64)
-    units = np.concatenate([scale, [_V_SCALE] if rv_on else [], np.ones(x.shape[1] - n_lab - int(rv_on))])
-    cov = cov * units[:, None] * units[None, :]
-    cov[bad] = np.nan
-    err = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    out = {"cov_full": cov}
-    if rv_on:
-        out["rv"] = np.where(bad, np.nan, x[:, n_lab] * _V_SCALE)
-        out["rv_err"] = err[:, n_lab]
-    if degree >= 0:
-        k = n_lab + int(rv_on)
-        shape = (x.shape[0], len(segments), degree + 1)
-        out["continuum"] = np.where(bad[:, None], np.nan, x[:, k:]).reshape(shape)
-        out["continuum_err"] = err[:, k:].reshape(shape)
-    return out
-
-
 def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
     """Fit all rows chunk by chunk (fixed padded chunk shape); concatenated numpy outputs.
 
@@ -516,47 +494,6 @@ def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out
-
-
-def _default_workers() -> int:
-    """fit_labels' default ``workers``: the CPU cores this process may use (at most
-    ``_MAX_WORKERS``) on the CPU backend, 1 on accelerators."""
-    if jax.default_backend() != "cpu":
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, _MAX_WORKERS))
-
-
-def _chunk_shape(n: int, chunk_size: int) -> int:
-    """Compiled batch size for n spectra: as few chunks as ``chunk_size`` allows, of equal size,
-    rounded up to a quarter-octave grid (…, 256, 320, 384, 448, 512, …) so that the padding wastes
-    at most ~25 % (a power-of-two shape wasted up to half: 300 spectra ran as 512) and the
-    number of distinct compiled shapes stays small."""
-    per = -(-n // -(-n // chunk_size))  # n / (number of chunks), rounded up
-    if per <= 8:
-        return 1 << max(0, int(np.ceil(np.log2(per))))
-    p = 1 << int(np.floor(np.log2(per)))
-    return next(c for c in (p, p * 5 // 4, p * 3 // 2, p * 7 // 4, 2 * p) if c >= per)
-
-
-def _pad(a, pad, value):
-    if pad == 0:
-        return np.asarray(a)
-    widths = [(0, pad)] + [(0, 0)] * (np.ndim(a) - 1)
-    return np.pad(np.asarray(a), widths, constant_values=value)
-
-
-def _progress(iterable, enabled, total):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, unit="chunk", desc="fit_labels")
 
 
 def _prior_arrays(prior, names, n, mean, scale):

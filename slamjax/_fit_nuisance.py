@@ -230,3 +230,24 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
         converged=conv,
     )
     return out | {"model": model} if return_model else out
+
+
+def _nuisance_outputs(cat, nuis, n_lab, bad, scale):
+    """rv, continuum coefficients, their errors and the full covariance (physical units)."""
+    rv_on, degree, segments, _, _ = nuis
+    x = cat["x"].astype(np.float64)
+    cov = cat["cov_x"].astype(np.float64)
+    units = np.concatenate([scale, [_V_SCALE] if rv_on else [], np.ones(x.shape[1] - n_lab - int(rv_on))])
+    cov = cov * units[:, None] * units[None, :]
+    cov[bad] = np.nan
+    err = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    out = {"cov_full": cov}
+    if rv_on:
+        out["rv"] = np.where(bad, np.nan, x[:, n_lab] * _V_SCALE)
+        out["rv_err"] = err[:, n_lab]
+    if degree >= 0:
+        k = n_lab + int(rv_on)
+        shape = (x.shape[0], len(segments), degree + 1)
+        out["continuum"] = np.where(bad[:, None], np.nan, x[:, k:]).reshape(shape)
+        out["continuum_err"] = err[:, k:].reshape(shape)
+    return out
