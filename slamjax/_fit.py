@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["fit_labels"]
 
-_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-3}
+_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
 _MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
 _PREPARED_CACHE_SIZE = 8  # emulators whose fit layout is kept between calls (_prepared)
@@ -96,7 +96,7 @@ def fit_labels(
             ``HIT_BOUND``.
         max_steps: LM step limit per start (``MAX_STEPS`` status when reached).
         tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
-            the minimum in units of the label errors); default 1e-10 (float64) or 1e-3
+            the minimum in units of the label errors); default 1e-6 (float64) or 1e-3
             (float32).
         chunk_size: spectra per compiled batch. Default: about 1.1 million elements per
             [chunk, P] array for the Cannon's quadratic-form path (256 spectra at 4300 px; 64
