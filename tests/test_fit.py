@@ -437,3 +437,21 @@ def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypat
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="workers"):
             sj.fit_labels(cannon, flux, ivar, workers=bad)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_default_tolerance_is_within_a_hundredth_of_sigma_of_the_tight_minimum(generic):
+    # The float64 default tol (1e-6 on the Gauss-Newton decrement) stops within ~0.001 σ of the
+    # minimum; model scatter and low S/N (residual curvature, slower convergence) are the hard case.
+    em = make_cannon(n_pixels=300, scatter=0.01)
+    truth = interior_labels(em, 60, seed=51)
+    flux, ivar, _ = simulate(em, truth, 10, seed=52)
+    model = wrap(em) if generic else em
+    default = sj.fit_labels(model, flux, ivar)
+    tight = sj.fit_labels(model, flux, ivar, tol=1e-14, max_steps=200)
+    assert np.all(default.status == Status.CONVERGED) and np.all(tight.status == Status.CONVERGED)
+    d = np.abs(default.labels - tight.labels) / tight.labels_err
+    assert d.max() < 0.01, d.max()
+    assert np.all(default.chi2 - tight.chi2 >= -1e-9 * tight.chi2)
+    assert np.all(default.chi2 - tight.chi2 < 1e-4)
+    assert np.mean(default.n_steps) < np.mean(tight.n_steps)
