@@ -79,8 +79,12 @@ def fit_labels(
         init: ``"training"`` — evaluate the model at every training label vector,
             take the ``n_starts`` lowest-objective ones as starting points (the best, then the
             best of the 16 best that lie at least 0.5 standard deviations of the training labels
-            from the starts taken, where there are such; see ``_fit_core.diverse_starts``), run LM
-            from each and keep the lowest final objective; or an array of starts in
+            from the starts taken, where there are such; see ``_fit_core.diverse_starts``): each
+            gets two LM steps and the lowest continues; for the kernel emulator (with the
+            templates' Jacobians cached) the best-ranked start is fitted alone, each other start
+            gets one LM step, and a spectrum is fitted again from a start whose step lands below
+            the minimum found, keeping the lower one (``AbstractEmulator._check_starts_by_one_step``;
+            the steps of both fits count in ``n_steps``); or an array of starts in
             physical units, [L], [N, L] or [N, S, L]; or a direct (discriminative) model
             from :mod:`slamjax.direct` (anything with ``predict(flux, ivar) -> [N, L']`` and
             ``label_names`` covering the emulator's labels): its prediction is the first start,
@@ -314,7 +318,16 @@ def fit_labels(
     rows = dict(flux=flux, ivar=ivar, prior_m=prior_m, prior_p=prior_p)
     if starts is not None:
         rows["starts"] = starts
+    # The kernel emulator's starts after the best-ranked one are checked by one LM step in the
+    # chunk (AbstractEmulator._check_starts_by_one_step); where one lands below the fit's minimum,
+    # the spectrum is fitted again from there and the lower minimum kept.
+    settings["check_starts"] = bool(
+        starts is None and n_starts > 1 and "templates_jac" in common and em_c._check_starts_by_one_step
+    )
     cat = _run_chunks(em_c, rows, common, n_starts, first, settings, snr=True)
+    alt_z, alt_better = cat.pop("alt_z", None), cat.pop("alt_better", None)
+    if alt_better is not None and alt_better.any():
+        _refit_from_alternatives(em_c, cat, rows, common, alt_z, np.flatnonzero(alt_better), first, settings)
     redo = np.flatnonzero(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
@@ -328,7 +341,7 @@ def fit_labels(
             rows2["v0"] = cat["v0"][redo]
         # Power-of-two batch shapes of at least 16: the number of slow fits varies from call to
         # call, and each new shape would compile again; padding this small subset costs little.
-        settings2 = settings | {"progress": False, "pow2": True}
+        settings2 = settings | {"progress": False, "pow2": True, "check_starts": False}
         sub = _run_chunks(em_c, rows2, common2, 1, max_steps - first, settings2, snr=False)
         for k, v in sub.items():
             cat[k][redo] = v
@@ -362,6 +375,27 @@ def fit_labels(
         label_names=em.label_names,
         **extra,
     )
+
+
+def _refit_from_alternatives(em, cat, rows, common, alt_z, idx, budget, settings):
+    """Fit the spectra ``idx`` again from their checked alternative starts ``alt_z`` (standardised
+    labels) and keep, per spectrum, the fit with the lower objective (χ² plus prior); the steps of
+    both count. Updates ``cat`` (the chunk outputs of all spectra) in place."""
+    sub_rows = {k: v[idx] for k, v in rows.items() if k != "starts"}
+    sub_rows["starts"] = alt_z[idx][:, None, :]
+    plain = {k: v for k, v in common.items() if not k.startswith("templates")}
+    once = settings | {"progress": False, "pow2": True, "check_starts": False}
+    sub = _run_chunks(em, sub_rows, plain, 1, budget, once, snr=False)
+
+    def objective(z, chi2):
+        return chi2 + np.sum(sub_rows["prior_p"] * (z - sub_rows["prior_m"]) ** 2, axis=1)
+
+    new, old = objective(sub["z"], sub["chi2"]), objective(cat["z"][idx], cat["chi2"][idx])
+    lower = (new < old) | (np.isfinite(new) & ~np.isfinite(old))
+    steps = cat["n_steps"][idx] + sub["n_steps"]
+    for k, v in sub.items():
+        cat[k][idx[lower]] = v[lower]
+    cat["n_steps"][idx] = steps
 
 
 def _prepared(em, dtype) -> dict:
@@ -452,6 +486,7 @@ def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
     if settings.get("pow2"):  # at least 16 (unless chunk_size is smaller): fewer distinct shapes
         chunk = 1 << int(np.ceil(np.log2(max(chunk, min(16, settings["chunk_size"])))))
     kw = dict(n_starts=n_starts, tol=settings["tol"], return_model=settings["return_model"])
+    check = dict(check_starts=True) if settings.get("check_starts") else {}
     starts = range(0, n, chunk)
 
     def launch(i0):
@@ -463,7 +498,7 @@ def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
             args[key] = _pad(value[i0:i1], pad, fill).astype(dtype, copy=False)
         if settings.get("nuis") is not None:
             return _fit_chunk_nuisance(em, args, nuis=settings["nuis"], **kw)
-        return _fit_chunk(em, args, **kw)
+        return _fit_chunk(em, args, **kw, **check)
 
     out: dict[str, np.ndarray] = {}
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._lm import TAIL_FRACTION, multistart, spd_inverse
+from ._lm import TAIL_FRACTION, multistart, spd_inverse, start_alternatives
 from ._result import Status
 from .emulators._base import AbstractLinearEmulator
 
@@ -48,8 +48,8 @@ _START_SEPARATION = 0.5  # ... at least this far apart (standardised labels), wh
 # Plain jax.jit, not eqx.filter_jit: equinox (0.13) blocks until each call completes, which
 # serialised the numpy S/N median behind the compiled fit (measured +9-14 % with jax.jit). The
 # emulator is a pytree (static fields in its treedef); ``args`` holds only arrays.
-@functools.partial(jax.jit, static_argnames=("n_starts", "tol", "return_model"))
-def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
+@functools.partial(jax.jit, static_argnames=("n_starts", "tol", "return_model", "check_starts"))
+def _fit_chunk(em, args, *, n_starts, tol, return_model=True, check_starts=False):
     flux, ivar = args["flux"], args["ivar"]
     s2 = em.pixel_variance
     good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
@@ -159,6 +159,15 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
 
     too_few = n_pix < lo.shape[0] + 1
     budget = step_budget(too_few, args["max_steps"])
+    check = check_starts and start_normals is not None and starts.shape[1] > 1
+    if check:
+        # The best-ranked start is fitted alone; the others get one step each (fit_labels refits
+        # the spectra where one of them lands below the fit's minimum).
+        alt_z, alt_obj = start_alternatives(
+            problem, (data, pm, pp), starts[:, 1:], tuple(a[:, 1:] for a in start_normals[:3]), tol=tol
+        )
+        starts = starts[:, :1]
+        start_normals = tuple(a[:, :1] for a in start_normals)
     # Linear-feature steps are O(T²): per-iteration overhead, not the batch size, sets their cost, so
     # a gathered tail cannot save much; measured no difference (Cannon, 4300 px, chunk 256, 5120
     # spectra: 0.79 s with, 0.80 s without), and they keep one loop per problem.
@@ -191,6 +200,8 @@ def _fit_chunk(em, args, *, n_starts, tol, return_model=True):
     at_bound = jnp.any((z <= (lo + tiny)[None, :]) | (z >= (hi - tiny)[None, :]), axis=1)
     status = chunk_status(z, chi2, cov_z, conv, at_bound, too_few)
     out = dict(z=z, cov_z=cov_z, chi2=chi2, n_pixels=n_pix, n_steps=k, status=status, converged=conv)
+    if check:
+        out |= dict(alt_z=alt_z, alt_better=jnp.isfinite(obj) & (alt_obj < obj - tol) & ~too_few)
     return out | {"model": model} if return_model else out
 
 

@@ -173,9 +173,9 @@ def test_labels_outside_training_box_hit_bound(cannon):
     assert abs(wide.labels[0, 0] - outside[0, 0]) < 5 * wide.labels_err[0, 0]
 
 
-def test_multistart_finds_global_minimum():
-    # flux depends on z² + 0.3 z in most pixels (mirror solutions) and weakly on z in a
-    # few: a start on the wrong side converges to a worse local minimum.
+def mirror_cannon():
+    """One label; flux depends on z² + 0.3 z in most pixels (mirror solutions) and weakly on z in
+    a few: a start on the wrong side converges to a worse local minimum. Returns (em, mean, scale)."""
     em0 = make_cannon(n_pixels=60, names=("x",), seed=3)
     theta = np.zeros((60, 3))
     theta[:, 0] = 1.0
@@ -183,7 +183,11 @@ def test_multistart_finds_global_minimum():
     theta[:50, 2] = 0.1
     theta[50:, 1] = 0.02
     em = eqx.tree_at(lambda e: e.design, em0, jnp.asarray(theta))
-    mean, scale = float(em.space.mean[0]), float(em.space.scale[0])
+    return em, float(em.space.mean[0]), float(em.space.scale[0])
+
+
+def test_multistart_finds_global_minimum():
+    em, mean, scale = mirror_cannon()
     z_true = 1.2
     truth = np.array([[mean + z_true * scale]])
     flux, ivar, _ = simulate(em, truth, 1000, seed=81)
@@ -193,6 +197,39 @@ def test_multistart_finds_global_minimum():
     assert single.chi2[0] > multi.chi2[0] + 100
     assert abs((multi.labels[0, 0] - truth[0, 0]) / multi.labels_err[0, 0]) < 5
     assert single.labels[0, 0] < mean  # stuck on the wrong side
+
+
+class CheckedByOneStep(Wrapped):
+    """As ``Wrapped``, with the kernel emulator's treatment of the extra starts (each checked by one
+    LM step; the best-ranked one fitted alone)."""
+
+    @property
+    def _check_starts_by_one_step(self):
+        return True
+
+
+def test_checked_start_that_lands_below_the_minimum_is_fitted_too():
+    """Mirror solutions (as above) with the best-ranked template on the wrong side: fitted alone it
+    ends in the worse minimum; the check of the other starts finds one whose first step lands below
+    that minimum, fits it too and keeps the lower minimum (both fits' steps count). The two-step
+    screening of every start finds the same minimum."""
+    em0, mean, scale = mirror_cannon()
+    # templates: two near the mirror minimum (z = -1.5), one on the true side
+    space = eqx.tree_at(lambda s: s.train, em0.space, jnp.asarray(mean + scale * np.array([[-1.5], [-1.45], [1.5]])))
+    parts = dict(inner=em0, space=space, wave=em0.wave, pixel_variance=em0.pixel_variance)
+    checked_em, screened_em = CheckedByOneStep(**parts), Wrapped(**parts)
+    truth = np.array([[mean + 1.2 * scale]])
+    flux, ivar, _ = simulate(em0, truth, 100, seed=82)
+    alone = sj.fit_labels(checked_em, flux, ivar, n_starts=1)
+    checked = sj.fit_labels(checked_em, flux, ivar, n_starts=3)
+    screened = sj.fit_labels(screened_em, flux, ivar, n_starts=3)
+    assert alone.labels[0, 0] < mean  # the best-ranked start alone: the wrong side
+    assert alone.chi2[0] > checked.chi2[0] + 100
+    assert abs((checked.labels[0, 0] - truth[0, 0]) / checked.labels_err[0, 0]) < 5
+    assert checked.n_steps[0] > alone.n_steps[0]
+    assert checked.status[0] == Status.CONVERGED
+    assert checked.chi2[0] == pytest.approx(screened.chi2[0], rel=1e-8)
+    assert abs(checked.labels[0, 0] - screened.labels[0, 0]) < 0.01 * checked.labels_err[0, 0]
 
 
 def test_init_arrays_and_chunking(cannon):

@@ -238,6 +238,16 @@ class AbstractEmulator(eqx.Module):
         fits float32 flux in float32 by default). True unless an emulator says otherwise."""
         return True
 
+    @property
+    def _check_starts_by_one_step(self) -> bool:
+        """How ``fit_labels`` uses the starts after the best-ranked one when the templates' Jacobians
+        are cached. False (default): every start gets two LM steps and the best one continues
+        (``_lm._screen``). True: the best-ranked start is fitted alone; each other start gets one
+        LM step from its cached normal equations, and only a start whose point after that step
+        has a lower objective than the fit's minimum is fitted too (``_lm.start_alternatives``).
+        Chosen per emulator from cross-validated fits of real spectra (benchmarks/RESULTS.md)."""
+        return False
+
     def flux_and_jacobian(self, labels):
         """Model flux [P] and its Jacobian d flux / d labels [P, L] (physical units)."""
         return self(labels), jax.jacfwd(self)(labels)
