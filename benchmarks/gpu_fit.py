@@ -59,13 +59,18 @@ templates' cached Jacobians, the first step needs a full evaluation, the second 
 objective (model flux), and the start that continues one full evaluation; spectra not converged
 after phase 1 are refitted in a second pass from their best point): in phase 1 ``S + 1 + (n₁ − 2)``
 full evaluations (the Cannon's linear path ``2S + 1 + (n₁ − 2)``: no cached template normals) and
-``S`` objective-only ones, in phase 2 ``n₂ + 1``, plus the final model and χ² of each phase,
-where n₁, n₂ are
+``S`` objective-only ones, in phase 2 ``n₂ + 1``, plus the final model and χ² of each phase;
+with the kernel emulator's checked starts (its template Jacobians cached) ``n₁`` full and
+``S − 1`` objective-only evaluations in phase 1 (a refit from a checked start counts its steps in
+n₁; its first evaluation is not counted); where n₁, n₂ are
 the step counts of the spectrum in each phase (from ``FitResult.n_steps``). This is the
 *useful* work. Under ``vmap`` a ``while_loop`` runs every member of a batch until the slowest
-stops, so the *executed* work uses, per chunk, the maximum step count of the chunk (padding
-rows included); both are reported. As a cross-check the compiled XLA cost analysis
-(``jax.jit(...).lower(...).compile().cost_analysis()``) of one batched emulator evaluation
+stops, so the *executed* work counts, per chunk, every row (padding included) for each LM step
+the chunk takes together, which for non-linear emulators is until at most 1/8 of the chunk is
+unfinished, then 1/8 of the chunk for the steps of its slowest row (``_lm.multistart``; the
+Cannon's linear path steps the whole chunk to the end); both are reported. As a cross-check the
+compiled XLA cost analysis (``jax.jit(...).lower(...).compile().cost_analysis()``) of one batched
+emulator evaluation
 (flux + Jacobian; the Cannon's pixel pass) is recorded next to the analytic count (XLA also
 counts compares and selects, hence ~1.1 for the Cannon's mask-heavy pixel pass).
 
@@ -135,6 +140,8 @@ KERNEL_LAMBDAS = (0.01,)
 MAX_TEMPLATES_GENERIC = 512
 FIRST_BUDGET = 10
 SCREEN_STEPS = 2
+TAIL_FRACTION = 8  # multistart steps only the unfinished rows once at most 1/8 of a chunk is left
+TEMPLATE_JAC_MAX_BYTES = 64 * 2**20  # template Jacobians cached up to this size (checked starts need them)
 # Nominal dense peaks in TFLOP/s (no sparsity): FP32 non-tensor, FP64 non-tensor, TF32 tensor.
 # Matched against jax's device_kind in this order (first substring that occurs wins).
 GPU_PEAKS = (
@@ -333,8 +340,27 @@ def flop_costs(kind: str, d: dict) -> dict:
     }
 
 
-def flops_per_spectrum(costs: dict, n_steps, status, batch: int, n_starts: int) -> dict:
-    """Useful and executed (lockstep) FLOPs per spectrum, from the per-spectrum LM step counts."""
+def _lockstep_evals(steps, chunk: int, tail: bool) -> float:
+    """Evaluations a compiled chunk executes for the main LM steps ``steps`` of its rows (padding
+    rows take none). ``_lm.multistart`` steps the whole chunk while more than chunk // TAIL_FRACTION
+    rows are unfinished, then only a batch of that many until its slowest row is done; the linear
+    path (``tail=False``) steps the whole chunk until its slowest row is done."""
+    steps = np.sort(np.concatenate([steps, np.zeros(chunk - steps.size, steps.dtype)]))
+    top = int(steps[-1]) if steps.size else 0
+    small = chunk // TAIL_FRACTION
+    if not tail or small == 0:
+        return float(chunk * top)
+    together = int(steps[chunk - small - 1])  # steps until at most `small` rows are unfinished
+    return float(chunk * together + small * (top - together))
+
+
+def flops_per_spectrum(costs: dict, n_steps, status, batch: int, n_starts: int, checked: bool = False) -> dict:
+    """Useful and executed (lockstep) FLOPs per spectrum, from the per-spectrum LM step counts.
+
+    ``checked``: the kernel emulator's checked starts (``fit_labels`` fits the best-ranked start
+    alone, one full evaluation per LM step, and each other start gets one objective-only step).
+    A spectrum refitted from a checked start counts the steps of both fits in ``n_steps``; its
+    refit's first evaluation is not counted (the result does not say which spectra were refitted)."""
     n = n_steps.size
     s = n_starts
     # Full evaluations (model, Jacobian, normal matrix): SCREEN_STEPS - 1 steps per start and one at the
@@ -345,11 +371,14 @@ def flops_per_spectrum(costs: dict, n_steps, status, batch: int, n_starts: int) 
     screen = (SCREEN_STEPS - 1) * s + 1 + starts if s > 1 else 0
     screen_obj = s if s > 1 else 0
     k0 = SCREEN_STEPS if s > 1 else 0
+    if checked and s > 1:
+        screen, screen_obj, k0 = 0, s - 1, 0
     n1 = np.minimum(n_steps, FIRST_BUDGET)
     main1 = np.maximum(n1 - k0, 0)
     redo = (n_steps >= FIRST_BUDGET) & (status != int(sj.Status.BAD_INPUT)) & (status != int(sj.Status.NON_FINITE))
     main2 = np.where(redo, n_steps - FIRST_BUDGET, 0)
     ev, ob = costs["evaluation"], costs["objective"]
+    tail = not costs.get("start_evaluations")  # the linear path keeps one loop per problem
     chunk = effective_chunk(batch, n)
     n_chunks = -(-n // chunk)
     useful_full = screen + main1 + redo * (main2 + 1)
@@ -363,14 +392,14 @@ def flops_per_spectrum(costs: dict, n_steps, status, batch: int, n_starts: int) 
     )
     exec_evals = 0.0
     for i0 in range(0, n, chunk):
-        exec_evals += chunk * (screen + main1[i0 : i0 + chunk].max() + screen_obj * ob / ev)
+        exec_evals += chunk * (screen + screen_obj * ob / ev) + _lockstep_evals(main1[i0 : i0 + chunk], chunk, tail)
     rows = n_chunks * chunk
     idx = np.flatnonzero(redo)
     n_chunks2, rows2 = 0, 0
     if idx.size:
         chunk2 = effective_chunk(batch, idx.size)
         for i0 in range(0, idx.size, chunk2):
-            exec_evals += chunk2 * (main2[idx[i0 : i0 + chunk2]].max() + 1)
+            exec_evals += chunk2 + _lockstep_evals(main2[idx[i0 : i0 + chunk2]], chunk2, tail)
             n_chunks2 += 1
         rows2 = n_chunks2 * chunk2
     executed = (
@@ -441,7 +470,10 @@ def run_config(em, kind, costs, flux, ivar, truth, *, dtype, batch, repeats, min
     best = min(times)
     rate = n / best
     s_eff = min(n_starts, int(np.asarray(em.space.train).shape[0]))
-    fl = flops_per_spectrum(costs, res.n_steps, res.status, batch, s_eff)
+    k_templates = min(int(np.asarray(em.space.train).shape[0]), MAX_TEMPLATES_GENERIC)
+    jac_bytes = (1 << int(np.ceil(np.log2(k_templates)))) * em.n_pixels * em.n_labels * np.dtype(dtype).itemsize
+    checked = kind != "cannon" and em._check_starts_by_one_step and jac_bytes <= TEMPLATE_JAC_MAX_BYTES
+    fl = flops_per_spectrum(costs, res.n_steps, res.status, batch, s_eff, checked=checked)
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = np.abs(res.labels - truth) / res.labels_err
     row = {
@@ -567,8 +599,10 @@ def markdown(results: dict, info: dict) -> str:
         lines.append("")
 
     lines += [
-        "Columns: *useful* FLOPs count each spectrum's own LM steps; *executed* FLOPs count, per chunk, the "
-        "slowest spectrum's steps for every row (a vmapped `while_loop` runs in lockstep) and padding rows. "
+        "Columns: *useful* FLOPs count each spectrum's own LM steps; *executed* FLOPs count every row of a "
+        "chunk (padding included) for the steps the chunk takes together (a vmapped `while_loop` runs in "
+        "lockstep), and for the emulators other than the Cannon 1/8 of the chunk for the steps of its slowest "
+        "rows after that (the LM steps only the unfinished ones once at most 1/8 are left). "
         "% peak = executed GFLOP/s / peak. median |Δ|/σ: |fit − truth| / formal error per label (sanity check; "
         "the emulators are approximate, so values above 0.67 are expected).",
         "",

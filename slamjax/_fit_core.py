@@ -13,7 +13,10 @@ Starts from the training labels (templates) are ranked by their objective from t
 spectra, computed once per emulator, and taken apart from each other (``diverse_starts``). For the
 generic path ``fit_labels`` also keeps the templates' Jacobians (up to
 ``_fit._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal matrix at each start then
-cost O(P·L²) instead of a model evaluation.
+cost O(P·L²) instead of a model evaluation. With them, an emulator whose
+``_check_starts_by_one_step`` is set (the kernel emulator) fits only the best-ranked start here and
+returns, per spectrum, the best point one LM step takes the other starts to and whether its
+objective is below the minimum found (``alt_z``, ``alt_better``); ``fit_labels`` fits those again.
 
 With ``return_model`` the LM carries the model values of its accepted point (``normal`` returns them
 as a fourth element, the template starts bring their cached spectra), so the model at the solution
