@@ -51,9 +51,10 @@ the lowest such point only where it lies below the fit's minimum. The screening'
 another start in the same basin (synthetic problem: the best-ranked start won 203/212/221 of 300 at
 S/N 20/50/200, real APOGEE toy stars 261 of 403), which the screening paid for with full
 evaluations at every start; the check pays one objective per extra start. Kernel, 400 centres ×
-100 px, 300 spectra per S/N, 2 cores, two alternating process pairs, CPU median per spectrum:
-118-136 → 84-109 µs. Minima in 5-fold CV against the screening: see
-``AbstractEmulator._check_starts_by_one_step`` of the kernel emulator.
+100 px, 300 spectra per S/N, 2 cores, five alternating process pairs, CPU-time median per spectrum
+(S/N 20 / 50 / 200): 124-179 / 118-148 / 119-141 → 105-142 / 84-113 / 93-114 µs. Refits: none on
+that problem, 5 % of the real APOGEE toy stars, 1-1.4 % of MILES. Minima in 5-fold CV against the
+screening: see ``KernelEmulator._check_starts_by_one_step``.
 """
 
 from __future__ import annotations
