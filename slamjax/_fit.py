@@ -332,17 +332,11 @@ def fit_labels(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
     if max_steps > first and redo.size:
-        common2 = {k: v for k, v in common.items() if not k.startswith("templates")}
-        rows2 = {k: v[redo] for k, v in rows.items() if k != "starts"}
         if nuis is None:
-            rows2["starts"] = cat["z"][redo][:, None, :]
+            sub = _fit_subset(em_c, rows, common, redo, cat["z"][redo], max_steps - first, settings)
         else:
-            rows2["starts"] = cat["x"][redo][:, None, :]
-            rows2["v0"] = cat["v0"][redo]
-        # Power-of-two batch shapes of at least 16: the number of slow fits varies from call to
-        # call, and each new shape would compile again; padding this small subset costs little.
-        settings2 = settings | {"progress": False, "pow2": True, "check_starts": False}
-        sub = _run_chunks(em_c, rows2, common2, 1, max_steps - first, settings2, snr=False)
+            extra = {"v0": cat["v0"][redo]}
+            sub = _fit_subset(em_c, rows, common, redo, cat["x"][redo], max_steps - first, settings, extra)
         for k, v in sub.items():
             cat[k][redo] = v
         cat["n_steps"][redo] += first
@@ -377,18 +371,26 @@ def fit_labels(
     )
 
 
+def _fit_subset(em, rows, common, idx, start, budget, settings, extra=None):
+    """Fit the spectra ``idx`` of ``rows`` again, each from one start ``start`` [len(idx), ·]
+    (``extra``: further per-row inputs), with ``budget`` steps and no templates; the chunk outputs.
+    Power-of-two batch shapes of at least 16: the number of such spectra varies from call to call,
+    and each new shape would compile again; padding this small subset costs little."""
+    sub_rows = {k: v[idx] for k, v in rows.items() if k != "starts"} | (extra or {})
+    sub_rows["starts"] = start[:, None, :]
+    plain = {k: v for k, v in common.items() if not k.startswith("templates")}
+    once = settings | {"progress": False, "pow2": True, "check_starts": False}
+    return _run_chunks(em, sub_rows, plain, 1, budget, once, snr=False)
+
+
 def _refit_from_alternatives(em, cat, rows, common, alt_z, idx, budget, settings):
     """Fit the spectra ``idx`` again from their checked alternative starts ``alt_z`` (standardised
     labels) and keep, per spectrum, the fit with the lower objective (χ² plus prior); the steps of
     both count. Updates ``cat`` (the chunk outputs of all spectra) in place."""
-    sub_rows = {k: v[idx] for k, v in rows.items() if k != "starts"}
-    sub_rows["starts"] = alt_z[idx][:, None, :]
-    plain = {k: v for k, v in common.items() if not k.startswith("templates")}
-    once = settings | {"progress": False, "pow2": True, "check_starts": False}
-    sub = _run_chunks(em, sub_rows, plain, 1, budget, once, snr=False)
+    sub = _fit_subset(em, rows, common, idx, alt_z[idx], budget, settings)
 
     def objective(z, chi2):
-        return chi2 + np.sum(sub_rows["prior_p"] * (z - sub_rows["prior_m"]) ** 2, axis=1)
+        return chi2 + np.sum(rows["prior_p"][idx] * (z - rows["prior_m"][idx]) ** 2, axis=1)
 
     new, old = objective(sub["z"], sub["chi2"]), objective(cat["z"][idx], cat["chi2"][idx])
     lower = (new < old) | (np.isfinite(new) & ~np.isfinite(old))
