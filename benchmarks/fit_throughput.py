@@ -20,7 +20,7 @@ What it does:
    and the achieved GFLOP/s from a FLOP model of the quadratic-form path that
    ``fit_labels`` uses for linear emulators, next to plain XLA matmul GFLOP/s;
 5. optionally (default for full runs) shows where the time goes: a profile of the helpers
-   of ``slamjax._fit`` during full-N fits, a replay of one captured ``_fit_chunk`` call
+   of ``slamjax._fit`` and ``slamjax._chunking`` during full-N fits, a replay of one captured ``_fit_chunk`` call
    (numpy vs device inputs, compute, LM iterations, output conversion, dispatch), and
    "what-if" throughputs with candidate changes swapped in. All of it from the outside:
    functions are wrapped or swapped for one measurement and restored, the library is
@@ -113,7 +113,7 @@ def _process_stats(ru0, ru1, wall_s, n_spectra):
 
 
 def effective_chunk(chunk_size: int, n: int) -> int:
-    """The compiled batch size ``fit_labels`` uses (mirrors slamjax/_fit.py)."""
+    """The compiled batch size ``fit_labels`` uses (mirrors slamjax/_fit.py and slamjax/_chunking.py)."""
     return int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(n))))))
 
 
@@ -276,10 +276,20 @@ def run_config(em, flux, ivar, truth, *, dtype, init_mode, chunk_size, n_starts,
 
 # ------------------------------------------------------------------- breakdown
 # Everything below looks at fit_labels from the outside: it wraps or swaps functions of
-# slamjax._fit for one measurement at a time (restoring them afterwards) and never edits
+# slamjax._fit and slamjax._chunking for one measurement at a time (restoring them afterwards) and never edits
 # the library. It adapts to internal changes where it can and skips what it cannot do.
 
 _PROFILED = ("_run_chunks", "_fit_chunk", "snr_of", "_pad", "_prior_arrays")
+
+
+def _fit_modules():
+    """``slamjax._fit`` and the module whose globals ``_run_chunks`` calls ``_fit_chunk`` and
+    ``snr_of`` through (``slamjax._chunking``, or ``slamjax._fit`` itself in older versions)."""
+    from slamjax import _fit as fitmod
+
+    run = getattr(fitmod, "_run_chunks", None)
+    runmod = sys.modules.get(getattr(run, "__module__", ""), fitmod)
+    return fitmod, runmod
 
 
 @contextlib.contextmanager
@@ -296,14 +306,15 @@ def _patched(*patches):
 
 
 @contextlib.contextmanager
-def _profiled(module, names):
-    """Accumulate calls and wall time of ``module.<name>`` (those that exist) while active."""
+def _profiled(modules, names):
+    """Accumulate calls and wall time of ``module.<name>`` (those that exist, in each of ``modules``;
+    a function looked up in two modules is counted under one name) while active."""
     stats, patches = {}, []
-    for name in names:
+    for module, name in ((m, n) for n in names for m in dict.fromkeys(modules)):
         fn = getattr(module, name, None)
         if not callable(fn):
             continue
-        rec = stats[name] = {"calls": 0, "s": 0.0}
+        rec = stats.setdefault(name, {"calls": 0, "s": 0.0})
 
         def wrapper(*a, _fn=fn, _rec=rec, **k):
             t0 = _now()
@@ -376,13 +387,13 @@ def _capture_first_call(module, name, run):
 def breakdown(em, flux, ivar, *, dtype, chunk_size, n_starts, reps, repeats):
     """Where one ``fit_labels`` call (init="training") spends its time.
 
-    1. profile: wall time inside the helpers of ``slamjax._fit`` during full-N fits (the
+    1. profile: wall time inside the helpers of ``slamjax._fit`` and ``slamjax._chunking`` during full-N fits (the
        fastest of ``repeats``);
     2. one chunk: the first ``_fit_chunk`` call is captured and replayed: with the numpy
        inputs, with inputs already on the device, after one LM step, with float32 top-k,
        and re-jitted with ``jax.jit`` (dispatch vs completion); median of ``reps``.
     """
-    from slamjax import _fit as fitmod
+    fitmod, runmod = _fit_modules()
 
     n = flux.shape[0]
     b = effective_chunk(chunk_size, n)
@@ -395,7 +406,7 @@ def breakdown(em, flux, ivar, *, dtype, chunk_size, n_starts, reps, repeats):
     fit(slice(0, n1))  # compiled already by the main runs; make sure
     best = None
     for _ in range(repeats):
-        with _profiled(fitmod, _PROFILED) as stats:
+        with _profiled((fitmod, runmod), _PROFILED) as stats:
             wall, _ = _timed(fit)
         if best is None or wall < best[0]:
             best = (wall, stats)
@@ -404,8 +415,8 @@ def breakdown(em, flux, ivar, *, dtype, chunk_size, n_starts, reps, repeats):
     def med(fn):
         return statistics.median(_times(fn, reps))
 
-    cap = _capture_first_call(fitmod, "_fit_chunk", lambda: fit(slice(0, n1)))
-    fc = fitmod._fit_chunk
+    cap = _capture_first_call(runmod, "_fit_chunk", lambda: fit(slice(0, n1)))
+    fc = runmod._fit_chunk
     em_c, args = cap["args"][:2]
     kw = cap["kwargs"]
     out["fit_chunk_kwargs"] = {k: v for k, v in kw.items() if isinstance(v, int | float | bool | str)}
@@ -422,7 +433,7 @@ def breakdown(em, flux, ivar, *, dtype, chunk_size, n_starts, reps, repeats):
         {k: np.array(v) for k, v in res.items()}
         conv.append(_now() - t0)
     out["outputs_to_numpy_s"] = statistics.median(conv)
-    out["snr_of_s"] = med(lambda: fitmod.snr_of(flux[:n1], ivar[:n1]))
+    out["snr_of_s"] = med(lambda: runmod.snr_of(flux[:n1], ivar[:n1]))
 
     # after one LM step (pixel pass + template scan + 1 step + model); rest = LM iterations
     one = None
@@ -470,21 +481,21 @@ def what_ifs(em, flux, ivar, *, dtype, chunk_size, small_chunk, n_starts, repeat
     """
     import inspect
 
-    from slamjax import _fit as fitmod
+    fitmod, runmod = _fit_modules()
 
     n = flux.shape[0]
     f64 = np.dtype(dtype) == np.float64
     params = inspect.signature(sj.fit_labels).parameters
     tol0 = getattr(fitmod, "_TOL", {}).get(np.dtype(dtype))
     topk = {"tol": tol0 * (1 + 2e-9)} if f64 and tol0 is not None and "tol" in params else None
-    async_fix = (fitmod, "_fit_chunk", _jax_jit_variant(fitmod._fit_chunk))
+    async_fix = (runmod, "_fit_chunk", _jax_jit_variant(runmod._fit_chunk))
 
     def snr_stub(f, iv):
         return np.full(np.shape(f)[0], np.nan)
 
     variants = {"as_is": ((), {})}
-    if hasattr(fitmod, "snr_of"):
-        variants["snr_stubbed"] = (((fitmod, "snr_of", snr_stub),), {})
+    if hasattr(runmod, "snr_of"):
+        variants["snr_stubbed"] = (((runmod, "snr_of", snr_stub),), {})
     if "return_model" in params:
         variants["no_model"] = ((), {"return_model": False})
     variants["jax_jit"] = ((async_fix,), {})
@@ -542,8 +553,8 @@ def _breakdown_markdown(bd: list, s: dict) -> list[str]:
         "",
         f'## Where the time goes (init="training", chunk {bd[0]["chunk"]})',
         "",
-        "Measured from the benchmark side only: helpers of `slamjax._fit` are wrapped with timers, or the first "
-        "`_fit_chunk` call is captured and replayed; the library is unchanged.",
+        "Measured from the benchmark side only: helpers of `slamjax._fit` and `slamjax._chunking` are wrapped "
+        "with timers, or the first `_fit_chunk` call is captured and replayed; the library is unchanged.",
         "",
         f"**Full-N profile** (fastest of {s['repeats']}): wall time spent inside each helper, s (share of the "
         "`fit_labels` wall time). Indented rows are inside the row above.",

@@ -198,7 +198,7 @@ def _timed(fn):
 
 
 def effective_chunk(chunk_size: int, n: int) -> int:
-    """The compiled batch size ``fit_labels`` uses (mirrors slamjax/_fit.py)."""
+    """The compiled batch size ``fit_labels`` uses (mirrors slamjax/_fit.py and slamjax/_chunking.py)."""
     return int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(n))))))
 
 

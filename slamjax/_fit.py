@@ -13,17 +13,15 @@ import functools
 import logging
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
 import numpy as np
 
-from ._chunking import _chunk_shape, _default_workers, _pad, _progress
-from ._fit_core import _fit_chunk
-from ._fit_nuisance import _fit_chunk_nuisance, _nuisance_outputs, _nuisance_setup
+from ._chunking import _default_workers, _pad, _run_chunks
+from ._fit_nuisance import _nuisance_outputs, _nuisance_setup
 from ._result import FitResult, Status
-from ._spectra import SpectrumSet, snr_of
+from ._spectra import SpectrumSet
 from .emulators._base import AbstractEmulator, AbstractLinearEmulator, _fit_view
 
 logger = logging.getLogger(__name__)
@@ -40,7 +38,6 @@ _PREPARED_CACHE_TOTAL_BYTES = 256 * 2**20  # all kept layouts and templates toge
 _prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux, jac)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 _GENERIC_CHUNK_MAX_CPU = 256  # default chunk ceiling on CPU for fits with model + Jacobian evaluations
-_MIN_WORKER_CHUNK = 128  # a batch is split for concurrent workers only into chunks of at least this many spectra
 
 
 def fit_labels(
@@ -466,71 +463,6 @@ def _direct_starts(model, flux, ivar, em):
         logger.warning("fit_labels: %d direct-model predictions are not finite; start at the label mean", bad.sum())
         pred[bad] = np.asarray(em.space.mean)
     return pred
-
-
-def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
-    """Fit all rows chunk by chunk (fixed padded chunk shape); concatenated numpy outputs.
-
-    With ``settings["workers"] > 1`` the batch is cut into at least that many chunks (of at least
-    ``_MIN_WORKER_CHUNK`` spectra) and the chunks run in a thread pool: each thread launches the
-    compiled fit of its chunk (XLA releases the GIL) and copies the outputs to numpy; the calling
-    thread computes the S/N and collects the chunks in order. Concurrent first calls of a new shape
-    compile it once (JAX's compilation cache waits for the first)."""
-    flux, ivar = rows["flux"], rows["ivar"]
-    n = flux.shape[0]
-    dtype = settings["dtype"]
-    workers = settings.get("workers", 1)
-    size = settings["chunk_size"]
-    if workers > 1:
-        n_chunks = max(-(-n // size), min(workers, n // _MIN_WORKER_CHUNK))
-        size = min(size, -(-n // max(n_chunks, 1)))
-    chunk = _chunk_shape(n, size)
-    if settings.get("pow2"):  # at least 16 (unless chunk_size is smaller): fewer distinct shapes
-        chunk = 1 << int(np.ceil(np.log2(max(chunk, min(16, settings["chunk_size"])))))
-    kw = dict(n_starts=n_starts, tol=settings["tol"], return_model=settings["return_model"])
-    check = dict(check_starts=True) if settings.get("check_starts") else {}
-    starts = range(0, n, chunk)
-
-    def launch(i0):
-        i1 = min(i0 + chunk, n)
-        pad = chunk - (i1 - i0)
-        args = dict(common, max_steps=np.int32(max_steps))
-        for key, value in rows.items():
-            fill = 1.0 if key == "flux" else 0.0
-            args[key] = _pad(value[i0:i1], pad, fill).astype(dtype, copy=False)
-        if settings.get("nuis") is not None:
-            return _fit_chunk_nuisance(em, args, nuis=settings["nuis"], **kw)
-        return _fit_chunk(em, args, **kw, **check)
-
-    out: dict[str, np.ndarray] = {}
-
-    def collect(i0, res):
-        i1 = min(i0 + chunk, n)
-        extra = {"snr": snr_of(flux[i0:i1], ivar[i0:i1])} if snr else {}
-        for k, v in (res | extra).items():
-            v = np.asarray(v)
-            if k not in out:  # preallocate once: one copy per output instead of two
-                out[k] = np.empty((n,) + v.shape[1:], v.dtype)
-            out[k][i0:i1] = v[: i1 - i0]
-
-    if workers == 1 or len(starts) == 1:
-        for i0 in _progress(starts, settings["progress"], total=len(starts)):
-            # numpy computes the S/N median while XLA works on the chunk (async dispatch);
-            # XLA's CPU sort made a sort-based median cost more than the whole fit.
-            collect(i0, launch(i0))
-        return out
-
-    def fit_one(i0):
-        return {k: np.asarray(v) for k, v in launch(i0).items()}
-
-    pool = ThreadPoolExecutor(min(workers, len(starts)), thread_name_prefix="slamjax-fit")
-    try:
-        futures = [pool.submit(fit_one, i0) for i0 in starts]
-        for i0, fut in _progress(zip(starts, futures), settings["progress"], total=len(starts)):
-            collect(i0, fut.result())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return out
 
 
 def _prior_arrays(prior, names, n, mean, scale):

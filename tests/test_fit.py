@@ -376,7 +376,7 @@ def test_spectrum_set_input_carries_ids(cannon):
 
 def test_chunk_shape_pads_little_and_keeps_few_shapes():
     """Equal chunks on a quarter-octave grid: at most ~25 % padding and as few chunks as chunk_size allows."""
-    from slamjax._fit import _chunk_shape
+    from slamjax._chunking import _chunk_shape
 
     shapes = set()
     for n in list(range(1, 300)) + [300, 513, 1000, 3000, 10_000, 123_457]:
@@ -418,10 +418,11 @@ def test_diverse_starts_skip_neighbours_of_taken_starts():
 
 def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypatch):
     """Chunks fitted by a thread pool come back in order and equal the serial fits; a worker's error
-    reaches the caller; ``workers`` is validated."""
+    reaches the caller and leaves the pool usable; the pool's threads are kept between calls;
+    ``workers`` is validated."""
     import threading
 
-    from slamjax import _fit
+    from slamjax import _chunking
 
     em = wrap(cannon)  # the generic path (its default uses workers)
     truth = interior_labels(cannon, 100, seed=93)
@@ -429,13 +430,13 @@ def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypat
     ivar[37] = 0.0  # a bad spectrum inside the second chunk keeps its place
     serial = sj.fit_labels(em, flux, ivar, workers=1, chunk_size=32)
     threads = set()
-    orig = _fit._fit_chunk
+    orig = _chunking._fit_chunk
 
     def spy(*args, **kw):
         threads.add(threading.current_thread().name)
         return orig(*args, **kw)
 
-    monkeypatch.setattr(_fit, "_fit_chunk", spy)
+    monkeypatch.setattr(_chunking, "_fit_chunk", spy)
     par = sj.fit_labels(em, flux, ivar, workers=3, chunk_size=32)
     assert all(name.startswith("slamjax-fit") for name in threads) and len(threads) >= 2, threads
     np.testing.assert_array_equal(par.status, serial.status)
@@ -447,14 +448,14 @@ def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypat
     assert np.all(np.abs(par.labels[ok] - truth[ok]) / par.labels_err[ok] < 5)
 
     # A batch below 2 × _MIN_WORKER_CHUNK spectra is not split for workers; a larger one is.
-    monkeypatch.setattr(_fit, "_MIN_WORKER_CHUNK", 32)
+    monkeypatch.setattr(_chunking, "_MIN_WORKER_CHUNK", 32)
     shapes = []
 
     def shape_spy(em_, args, **kw):
         shapes.append(args["flux"].shape[0])
         return orig(em_, args, **kw)
 
-    monkeypatch.setattr(_fit, "_fit_chunk", shape_spy)
+    monkeypatch.setattr(_chunking, "_fit_chunk", shape_spy)
     sj.fit_labels(em, flux[:50], ivar[:50], workers=2)
     assert len(shapes) == 1 and shapes[0] >= 50, shapes
     shapes.clear()
@@ -466,11 +467,20 @@ def test_workers_fit_chunks_concurrently_with_the_same_results(cannon, monkeypat
             raise RuntimeError("chunk failed")
         return orig(em_, args, **kw)
 
-    monkeypatch.setattr(_fit, "_fit_chunk", failing)
+    monkeypatch.setattr(_chunking, "_fit_chunk", failing)
     flux2, ivar2 = flux[32:], ivar[32:].copy()
     ivar2[0] = 0.0
     with pytest.raises(RuntimeError, match="chunk failed"):
         sj.fit_labels(em, flux2, ivar2, workers=2, chunk_size=32)
+
+    # The pool outlives the failed call: the same threads fit the next batch, and the same.
+    monkeypatch.setattr(_chunking, "_fit_chunk", spy)
+    threads.clear()
+    again = sj.fit_labels(em, flux, ivar, workers=3, chunk_size=32)
+    np.testing.assert_array_equal(again.labels[ok], par.labels[ok])
+    assert _chunking._worker_pool(3) is _chunking._worker_pool(3)
+    kept = {t.name for t in threading.enumerate() if t.name.startswith("slamjax-fit3")}
+    assert threads and threads <= kept, (threads, kept)
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="workers"):
             sj.fit_labels(cannon, flux, ivar, workers=bad)

@@ -176,7 +176,7 @@ def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
 def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():
     """Fold models padded to one γ-group layout and centre count predict exactly as before, and
     cross_validate compiles the fit once for all folds instead of once per fold."""
-    from slamjax._fit import _fit_chunk
+    from slamjax._fit_core import _fit_chunk
 
     ds, _ = _smooth_problem(m=150, p=25, seed=4)
     fold = sj.validate.kfold_indices(ds.n_spectra, 3, seed=0)
