@@ -231,6 +231,19 @@ def test_checked_start_that_lands_below_the_minimum_is_fitted_too():
     assert checked.chi2[0] == pytest.approx(screened.chi2[0], rel=1e-8)
     assert abs(checked.labels[0, 0] - screened.labels[0, 0]) < 0.01 * checked.labels_err[0, 0]
 
+    # A batch whose refits fall into chunks fitted concurrently by two workers: the same as serially.
+    from slamjax import _chunking
+
+    truths = mean + scale * np.array([[1.2], [-1.2], [1.1], [-1.0], [1.3], [-1.3], [1.0], [1.25]])
+    flux8, ivar8, _ = simulate(em0, truths, 100, seed=83)
+    serial = sj.fit_labels(checked_em, flux8, ivar8, n_starts=3, workers=1, chunk_size=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_chunking, "_MIN_WORKER_CHUNK", 2)
+        par = sj.fit_labels(checked_em, flux8, ivar8, n_starts=3, workers=2, chunk_size=4)
+    np.testing.assert_allclose(par.labels, serial.labels, rtol=1e-12)
+    np.testing.assert_array_equal(par.n_steps, serial.n_steps)
+    assert np.all(np.sign(par.labels[:, 0] - mean) == np.sign(truths[:, 0] - mean))  # every one on its side
+
 
 def test_init_arrays_and_chunking(cannon):
     truth = interior_labels(cannon, 9, seed=91)
