@@ -138,7 +138,8 @@ def test_analytic_jacobian_equals_autodiff():
 
 def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
     """The extended-coefficient layout used by float64 fits gives the same flux and Jacobian; float32
-    fits and emulators above the size limit keep the stacked-row form."""
+    fits and emulators above the size limit use the stacked-row form with one coefficient array per
+    γ group, which gives the same too."""
     import jax
     import jax.numpy as jnp
 
@@ -164,13 +165,24 @@ def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
     np.testing.assert_allclose(jax.vmap(form._flux_ordered)(z), f0[:, order], rtol=0, atol=1e-12)
     jz = j0 * np.asarray(form.space.scale)[None, None, :]
     np.testing.assert_allclose(np.swapaxes(jt2, 1, 2), jz[:, order], rtol=1e-10, atol=1e-11)
-    assert type(_fit_view(em, jnp.float32)) is sj.KernelEmulator
+    # float32 fits and emulators above the size limit: the stacked-row form, one array per γ group.
+    assert type(_fit_view(em, jnp.float32)) is _kernel._KernelGroupedForm
     limit = _kernel._EXTENDED_MAX_BYTES
     try:
         _kernel._EXTENDED_MAX_BYTES = 4 * em.coef.size * 8 - 1
-        assert type(_fit_view(em, jnp.float64)) is sj.KernelEmulator
+        grouped = _fit_view(em, jnp.float64)
     finally:
         _kernel._EXTENDED_MAX_BYTES = limit
+    assert type(grouped) is _kernel._KernelGroupedForm
+    assert [c.shape[1] for c in grouped.coef_groups] == [b - a for a, b in em.groups]
+    f3, j3 = jax.vmap(grouped.flux_and_jacobian)(x)
+    np.testing.assert_allclose(f3, f0, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(j3, j0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jax.vmap(grouped)(x), f0, rtol=0, atol=1e-13)
+    f4, jt4 = jax.vmap(grouped._flux_and_jacobian_t)(z)
+    np.testing.assert_allclose(f4, f0[:, order], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(jax.vmap(grouped._flux_ordered)(z), f0[:, order], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.swapaxes(jt4, 1, 2), jz[:, order], rtol=1e-12, atol=1e-12)
 
 
 def test_common_shapes_keeps_predictions_and_shares_one_compiled_fit():

@@ -56,7 +56,8 @@ DEFAULT_GAMMAS = (0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_LAMBDAS = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0)
 EXACT_MAX = 3000  # above this many training stars, n_inducing defaults to DEFAULT_INDUCING
 DEFAULT_INDUCING = 2000
-# Largest extended-coefficient array [m, (1 + L)·P] (float64) for which fits use it (_KernelFitForm):
+# Largest extended-coefficient array [m, (1 + L)·P] (float64) for which fits use it (_KernelFitForm, which also
+# keeps a copy of its flux columns [m, P]):
 # 400 × 100 px takes 1.3 MB, MILES at every 20th pixel 2.4 MB; at 30 MB (MILES, 217 × 4300 px) it no longer paid.
 _EXTENDED_MAX_BYTES = 8 * 2**20
 
@@ -154,11 +155,12 @@ class KernelEmulator(AbstractEmulator):
 
     def _fit_form(self, dtype):
         """The layout with extended coefficients (:class:`_KernelFitForm`) for float64 fits whose
-        extended coefficients take at most ``_EXTENDED_MAX_BYTES``; ``self`` otherwise."""
+        extended coefficients take at most ``_EXTENDED_MAX_BYTES``; otherwise the stacked-row form
+        with each γ group's coefficients as an array of its own (:class:`_KernelGroupedForm`)."""
         m, p = self.coef.shape
         n_lab = self.x_train.shape[1]
         if jnp.dtype(dtype) != jnp.float64 or (1 + n_lab) * m * p * 8 > _EXTENDED_MAX_BYTES:
-            return self
+            return _KernelGroupedForm.of(self)
         return _KernelFitForm.of(self)
 
     @classmethod
@@ -463,6 +465,11 @@ class _KernelFitForm(AbstractEmulator):
     − z_l y loses digits (the sums reach ~10⁴). Hence float64 and ``_EXTENDED_MAX_BYTES``.
     Squared distances are ‖x‖² − 2 x·z + ‖z‖²: over a batch one matrix product with the batch in
     rows (``x_train @ z`` had put the batch in columns, and every product after it was transposed).
+    Each γ group's block, and its flux columns [α] alone, are arrays of their own (``coef_full``,
+    ``coef_flux``): as column slices of one array, XLA copied the slice out before every product
+    (the whole [m, (1 + L)·P] per evaluation, ~60 µs at 400 × 400 on this CPU): small against a
+    batch of 150 spectra, but most of an LM step of the few slow fits that step on alone (one
+    spectrum's 4 steps: 0.67 ms).
     """
 
     space: LabelSpace
@@ -470,7 +477,8 @@ class _KernelFitForm(AbstractEmulator):
     pixel_variance: Float[Array, " P"]
     x_train: Float[Array, "m L"]
     x_sq: Float[Array, " m"]
-    coef_ext: Float[Array, "m Q"]
+    coef_full: tuple[Float[Array, "m Qg"], ...]  # per γ group: [α, α·x_1, …, α·x_L], [m, (1 + L)·P_g]
+    coef_flux: tuple[Float[Array, "m Pg"], ...]  # per γ group: [α] alone, [m, P_g]
     inverse: Int[Array, " P"]
     order: Int[Array, " P"]
     gammas: Float[Array, " G"]
@@ -484,17 +492,19 @@ class _KernelFitForm(AbstractEmulator):
     def of(cls, em: KernelEmulator) -> _KernelFitForm:
         x = np.asarray(em.x_train, dtype=np.float64)
         coef = np.asarray(em.coef, dtype=np.float64)
-        blocks = []
+        full, flux = [], []
         for start, stop in em.groups:
             c = coef[:, start:stop]
-            blocks += [c] + [x[:, j : j + 1] * c for j in range(x.shape[1])]
+            full.append(jnp.asarray(np.concatenate([c] + [x[:, j : j + 1] * c for j in range(x.shape[1])], axis=1)))
+            flux.append(jnp.asarray(c))
         return cls(
             space=em.space,
             wave=em.wave,
             pixel_variance=em.pixel_variance,
             x_train=em.x_train,
             x_sq=jnp.asarray(np.sum(x * x, axis=1)),
-            coef_ext=jnp.asarray(np.concatenate(blocks, axis=1)),
+            coef_full=tuple(full),
+            coef_flux=tuple(flux),
             inverse=em.inverse,
             order=em.order,
             gammas=em.gammas,
@@ -517,10 +527,12 @@ class _KernelFitForm(AbstractEmulator):
         d2 = jnp.maximum(self.x_sq - 2.0 * (z @ self.x_train.T) + z @ z, 0.0)  # [m]
         n_lab = z.shape[0]
         out = []
+        if n_rows not in (1, 1 + n_lab):
+            raise ValueError(f"n_rows must be 1 (flux) or {1 + n_lab} (flux and Jacobian), got {n_rows}")
+        coefs = self.coef_flux if n_rows == 1 else self.coef_full
         for g, (start, stop) in enumerate(self.groups):
             e = jnp.exp(-self.gammas[g] * d2)
-            q0 = (1 + n_lab) * start
-            out.append((e @ self.coef_ext[:, q0 : q0 + n_rows * (stop - start)]).reshape(n_rows, stop - start))
+            out.append((e @ coefs[g]).reshape(n_rows, stop - start))
         return z, out
 
     def __call__(self, labels):
@@ -544,6 +556,80 @@ class _KernelFitForm(AbstractEmulator):
             [(2.0 * self.gammas[g]) * (o[1:] - z[:, None] * o[0][None, :]) for g, o in enumerate(out)], axis=1
         )
         return y * self.flux_scale_ordered + self.flux_mean_ordered, jt * self.flux_scale_ordered[None, :]
+
+    def flux_and_jacobian(self, labels):
+        flux, jt = self._flux_and_jacobian_t(self.space.standardise(labels))
+        return flux[self.inverse], jt.T[self.inverse] / self.space.scale[None, :]
+
+
+class _KernelGroupedForm(AbstractEmulator):
+    """A :class:`KernelEmulator` laid out for fits in float32, or in float64 above
+    ``_EXTENDED_MAX_BYTES`` (``fit_labels`` only; never saved): the stacked-row products of
+    :meth:`KernelEmulator.flux_and_jacobian`, with each γ group's coefficients an array of its own
+    and the outputs in their column order (``order``). As column slices of one coefficient array,
+    XLA copied every group's block out before its product at every evaluation inside the fit loop:
+    the whole [m, P] per evaluation."""
+
+    space: LabelSpace
+    wave: Float[Array, " P"]
+    pixel_variance: Float[Array, " P"]
+    x_train: Float[Array, "m L"]
+    coef_groups: tuple[Float[Array, "m Pg"], ...]
+    inverse: Int[Array, " P"]
+    order: Int[Array, " P"]
+    gammas: Float[Array, " G"]
+    flux_scale_ordered: Float[Array, " P"]
+    flux_mean_ordered: Float[Array, " P"]
+
+    @classmethod
+    def of(cls, em: KernelEmulator) -> _KernelGroupedForm:
+        coef = np.asarray(em.coef)
+        return cls(
+            space=em.space,
+            wave=em.wave,
+            pixel_variance=em.pixel_variance,
+            x_train=em.x_train,
+            coef_groups=tuple(jnp.asarray(coef[:, start:stop]) for start, stop in em.groups),
+            inverse=em.inverse,
+            order=em.order,
+            gammas=em.gammas,
+            flux_scale_ordered=em.flux_scale[em.order],
+            flux_mean_ordered=em.flux_mean[em.order],
+        )
+
+    @property
+    def float32_ok(self) -> bool:
+        return False
+
+    @property
+    def _check_starts_by_one_step(self) -> bool:
+        return True
+
+    @property
+    def _pixel_order(self):
+        return self.order
+
+    def _flux_ordered(self, z):
+        d2 = jnp.sum((self.x_train - z[None, :]) ** 2, axis=1)
+        parts = [jnp.exp(-self.gammas[g] * d2) @ c for g, c in enumerate(self.coef_groups)]
+        return jnp.concatenate(parts) * self.flux_scale_ordered + self.flux_mean_ordered
+
+    def _flux_and_jacobian_t(self, z):
+        """Flux and Jacobian transposed [L, P] (standardised labels), outputs in ``order``."""
+        diff = self.x_train - z[None, :]  # [m, L]
+        d2 = jnp.sum(diff * diff, axis=1)
+        ys, js = [], []
+        for g, c in enumerate(self.coef_groups):
+            e = jnp.exp(-self.gammas[g] * d2)
+            out = jnp.concatenate([e[None, :], (e[:, None] * diff).T], axis=0) @ c  # [1 + L, P_g]
+            ys.append(out[0])
+            js.append((2.0 * self.gammas[g]) * out[1:])
+        y = jnp.concatenate(ys)
+        jt = jnp.concatenate(js, axis=1)
+        return y * self.flux_scale_ordered + self.flux_mean_ordered, jt * self.flux_scale_ordered[None, :]
+
+    def __call__(self, labels):
+        return self._flux_ordered(self.space.standardise(labels))[self.inverse]
 
     def flux_and_jacobian(self, labels):
         flux, jt = self._flux_and_jacobian_t(self.space.standardise(labels))
