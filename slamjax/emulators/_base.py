@@ -245,7 +245,7 @@ class AbstractEmulator(eqx.Module):
         (``_lm._screen``). True: the best-ranked start is fitted alone; each other start gets one
         LM step from its cached normal equations, and only a start whose point after that step
         has a lower objective than the fit's minimum is fitted too (``_lm.start_alternatives``).
-        Chosen per emulator from cross-validated fits of real spectra (benchmarks/RESULTS.md)."""
+        Chosen per emulator from cross-validated fits of real spectra (benchmarks/HISTORY.md, "Checked starts")."""
         return False
 
     def flux_and_jacobian(self, labels):

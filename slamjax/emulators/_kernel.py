@@ -123,7 +123,7 @@ class KernelEmulator(AbstractEmulator):
     def _check_starts_by_one_step(self) -> bool:
         """True: the best-ranked start is fitted alone and the others are checked by one LM step
         (``AbstractEmulator._check_starts_by_one_step``). Against the two-step screening of every
-        start, in 5-fold CV fits (benchmarks/RESULTS.md, eleventh session): the same minima on the
+        start, in 5-fold CV fits (benchmarks/HISTORY.md, "Checked starts"): the same minima on the
         synthetic problem, the APOGEE-like spectra and MILES at 4300 px, one lower on MILES at
         215 px (Δχ² = −17.1); on the 403 real APOGEE toy stars 3 higher by Δχ² 0.08–0.89 and one
         lower (−0.24). The Payne emulator keeps the screening: it missed a minimum lower by
