@@ -35,6 +35,7 @@ fixed features, one |F| × |F| solve per fold, γ and λ shared by all pixels.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 
@@ -449,7 +450,41 @@ def _cv_block(u, sig2, c, y, good, lams, folds=None):
     return mse, md, li, coef, resid
 
 
-class _KernelFitForm(AbstractEmulator):
+class _KernelFitLayout(AbstractEmulator):
+    """What the kernel emulator's fit layouts (:class:`_KernelFitForm`, :class:`_KernelGroupedForm`)
+    share: the model of :class:`KernelEmulator`, evaluated with its outputs in the coefficients'
+    column order ``order`` (``_flux_ordered``, ``_flux_and_jacobian_t``), and the same fit settings."""
+
+    inverse: eqx.AbstractVar[Int[Array, " P"]]
+    order: eqx.AbstractVar[Int[Array, " P"]]
+
+    @abc.abstractmethod
+    def _flux_ordered(self, z): ...
+
+    @abc.abstractmethod
+    def _flux_and_jacobian_t(self, z): ...
+
+    @property
+    def float32_ok(self) -> bool:
+        return False
+
+    @property
+    def _check_starts_by_one_step(self) -> bool:
+        return True
+
+    @property
+    def _pixel_order(self):
+        return self.order
+
+    def __call__(self, labels):
+        return self._flux_ordered(self.space.standardise(labels))[self.inverse]
+
+    def flux_and_jacobian(self, labels):
+        flux, jt = self._flux_and_jacobian_t(self.space.standardise(labels))
+        return flux[self.inverse], jt.T[self.inverse] / self.space.scale[None, :]
+
+
+class _KernelFitForm(_KernelFitLayout):
     """A :class:`KernelEmulator` laid out for float64 fits (``fit_labels`` only; never saved).
 
     With e_i = exp(−γ‖x_i − z‖²) the flux is y = Σ_i α_i e_i and its derivative
@@ -515,14 +550,6 @@ class _KernelFitForm(AbstractEmulator):
             groups=em.groups,
         )
 
-    @property
-    def float32_ok(self) -> bool:
-        return False
-
-    @property
-    def _check_starts_by_one_step(self) -> bool:
-        return True
-
     def _products(self, z, n_rows):
         d2 = jnp.maximum(self.x_sq - 2.0 * (z @ self.x_train.T) + z @ z, 0.0)  # [m]
         n_lab = z.shape[0]
@@ -534,13 +561,6 @@ class _KernelFitForm(AbstractEmulator):
             e = jnp.exp(-self.gammas[g] * d2)
             out.append((e @ coefs[g]).reshape(n_rows, stop - start))
         return z, out
-
-    def __call__(self, labels):
-        return self._flux_ordered(self.space.standardise(labels))[self.inverse]
-
-    @property
-    def _pixel_order(self):
-        return self.order
 
     def _flux_ordered(self, z):
         _, out = self._products(z, 1)
@@ -557,12 +577,8 @@ class _KernelFitForm(AbstractEmulator):
         )
         return y * self.flux_scale_ordered + self.flux_mean_ordered, jt * self.flux_scale_ordered[None, :]
 
-    def flux_and_jacobian(self, labels):
-        flux, jt = self._flux_and_jacobian_t(self.space.standardise(labels))
-        return flux[self.inverse], jt.T[self.inverse] / self.space.scale[None, :]
 
-
-class _KernelGroupedForm(AbstractEmulator):
+class _KernelGroupedForm(_KernelFitLayout):
     """A :class:`KernelEmulator` laid out for fits in float32, or in float64 above
     ``_EXTENDED_MAX_BYTES`` (``fit_labels`` only; never saved): the stacked-row products of
     :meth:`KernelEmulator.flux_and_jacobian`, with each γ group's coefficients an array of its own
@@ -597,18 +613,6 @@ class _KernelGroupedForm(AbstractEmulator):
             flux_mean_ordered=em.flux_mean[em.order],
         )
 
-    @property
-    def float32_ok(self) -> bool:
-        return False
-
-    @property
-    def _check_starts_by_one_step(self) -> bool:
-        return True
-
-    @property
-    def _pixel_order(self):
-        return self.order
-
     def _flux_ordered(self, z):
         d2 = jnp.sum((self.x_train - z[None, :]) ** 2, axis=1)
         parts = [jnp.exp(-self.gammas[g] * d2) @ c for g, c in enumerate(self.coef_groups)]
@@ -627,10 +631,3 @@ class _KernelGroupedForm(AbstractEmulator):
         y = jnp.concatenate(ys)
         jt = jnp.concatenate(js, axis=1)
         return y * self.flux_scale_ordered + self.flux_mean_ordered, jt * self.flux_scale_ordered[None, :]
-
-    def __call__(self, labels):
-        return self._flux_ordered(self.space.standardise(labels))[self.inverse]
-
-    def flux_and_jacobian(self, labels):
-        flux, jt = self._flux_and_jacobian_t(self.space.standardise(labels))
-        return flux[self.inverse], jt.T[self.inverse] / self.space.scale[None, :]
