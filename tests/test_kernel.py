@@ -143,14 +143,14 @@ def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
     import jax
     import jax.numpy as jnp
 
-    from slamjax.emulators import _kernel
+    from slamjax.emulators import _kernel, _kernel_fit
     from slamjax.emulators._base import _fit_view
 
     ds, _ = _smooth_problem(m=150, p=25, seed=4)
     em = sj.KernelEmulator.train(ds, gamma_grid=(0.1, 0.3, 1.0))
     assert len(em.groups) >= 2
     form = _fit_view(em, jnp.float64)
-    assert isinstance(form, _kernel._KernelFitForm)
+    assert isinstance(form, _kernel_fit._KernelFitForm)
     x = jnp.asarray(ds.labels[:6]) * 1.003
     f0, j0 = jax.vmap(em.flux_and_jacobian)(x)
     f1, j1 = jax.vmap(form.flux_and_jacobian)(x)
@@ -166,14 +166,14 @@ def test_fit_form_equals_emulator_and_is_used_for_float64_fits():
     jz = j0 * np.asarray(form.space.scale)[None, None, :]
     np.testing.assert_allclose(np.swapaxes(jt2, 1, 2), jz[:, order], rtol=1e-10, atol=1e-11)
     # float32 fits and emulators above the size limit: the stacked-row form, one array per γ group.
-    assert type(_fit_view(em, jnp.float32)) is _kernel._KernelGroupedForm
+    assert type(_fit_view(em, jnp.float32)) is _kernel_fit._KernelGroupedForm
     limit = _kernel._EXTENDED_MAX_BYTES
     try:
         _kernel._EXTENDED_MAX_BYTES = 4 * em.coef.size * 8 - 1
         grouped = _fit_view(em, jnp.float64)
     finally:
         _kernel._EXTENDED_MAX_BYTES = limit
-    assert type(grouped) is _kernel._KernelGroupedForm
+    assert type(grouped) is _kernel_fit._KernelGroupedForm
     assert [c.shape[1] for c in grouped.coef_groups] == [b - a for a, b in em.groups]
     f3, j3 = jax.vmap(grouped.flux_and_jacobian)(x)
     np.testing.assert_allclose(f3, f0, rtol=0, atol=1e-13)
