@@ -465,6 +465,11 @@ def _direct_starts(model, flux, ivar, em):
     return pred
 
 
+def _is_pair(x) -> bool:
+    """A tuple, list or array of length 2 (a prior's (mean, sigma))."""
+    return isinstance(x, (tuple, list)) and len(x) == 2 or isinstance(x, np.ndarray) and x.ndim >= 1 and len(x) == 2
+
+
 def _prior_arrays(prior, names, n, mean, scale):
     """Prior mean and precision in standardised units, [N, L] each (precision 0 = none)."""
     n_lab = len(names)
@@ -473,16 +478,29 @@ def _prior_arrays(prior, names, n, mean, scale):
     if prior is None:
         pass
     elif isinstance(prior, Mapping):
-        for name, (m, s) in prior.items():
+        for name, pair in prior.items():
             if name not in names:
                 raise ValueError(f"prior on unknown label {name!r}; labels are {list(names)}")
+            if not _is_pair(pair):
+                raise ValueError(f"prior[{name!r}] must be a pair (mean, sigma), got {pair!r}")
             j = names.index(name)
-            mu[:, j] = m
-            sig[:, j] = s
+            mu[:, j], sig[:, j] = pair
     else:
+        if not _is_pair(prior):
+            raise ValueError(
+                "prior must be None, a mapping {label: (mean, sigma)} or a pair (mean, sigma) of arrays "
+                f"broadcastable to [N, L] = [{n}, {n_lab}]; got {type(prior).__name__}"
+                + (f" of shape {prior.shape}" if isinstance(prior, np.ndarray) else "")
+            )
         m, s = prior
-        mu = np.broadcast_to(np.asarray(m, dtype=np.float64), (n, n_lab)).copy()
-        sig = np.broadcast_to(np.asarray(s, dtype=np.float64), (n, n_lab)).copy()
+        try:
+            mu = np.broadcast_to(np.asarray(m, dtype=np.float64), (n, n_lab)).copy()
+            sig = np.broadcast_to(np.asarray(s, dtype=np.float64), (n, n_lab)).copy()
+        except ValueError as err:
+            raise ValueError(
+                f"prior (mean, sigma) must be broadcastable to [N, L] = [{n}, {n_lab}]; got shapes "
+                f"{np.shape(m)} and {np.shape(s)}"
+            ) from err
     if np.any(~(sig > 0)):
         raise ValueError("prior sigmas must be > 0 (use inf for no prior)")
     has = np.isfinite(sig)

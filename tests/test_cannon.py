@@ -88,6 +88,12 @@ def test_call_is_one_spectrum(cannon):
     np.testing.assert_allclose(cannon.predict([[5500.0, 3.0, -0.5]])[0], flux)
     with pytest.raises(ValueError, match="labels must be"):
         cannon.predict(np.zeros((2, 4)))
+    # a batch or a wrong number of labels is a clear error, not a broadcasting failure
+    for bad in (np.zeros((2, 3)), np.zeros(2), np.zeros(4), 5500.0):
+        with pytest.raises(ValueError, match=r"ONE spectrum, shape \(3,\)"):
+            cannon(bad)
+        with pytest.raises(ValueError, match="ONE spectrum"):
+            cannon.flux_and_jacobian(bad)
 
 
 def test_save_load_round_trip(tmp_path, cannon):

@@ -101,6 +101,16 @@ def test_map_with_prior_matches_scipy():
         sj.fit_labels(em, flux, ivar, prior={"vsini": (1.0, 1.0)})
     with pytest.raises(ValueError, match="sigmas must be > 0"):
         sj.fit_labels(em, flux, ivar, prior=(mean, np.zeros(3)))
+    # malformed priors get errors that say what a prior is
+    with pytest.raises(ValueError, match=r"a pair \(mean, sigma\) of arrays broadcastable to \[N, L\] = \[3, 3\]"):
+        sj.fit_labels(em, flux, ivar, prior=np.zeros(7))
+    with pytest.raises(ValueError, match=r"broadcastable to \[N, L\] = \[3, 3\]; got shapes \(7,\) and \(3,\)"):
+        sj.fit_labels(em, flux, ivar, prior=(np.zeros(7), sigma))
+    with pytest.raises(ValueError, match=r"prior\['teff'\] must be a pair"):
+        sj.fit_labels(em, flux, ivar, prior={"teff": 5200.0})
+    # a pair of a vector and a scalar is a valid (ragged) pair
+    res3 = sj.fit_labels(em, flux, ivar, prior=(mean, 1e12))
+    np.testing.assert_allclose(res3.labels, free.labels, rtol=1e-6)
 
 
 def test_generic_and_quadratic_paths_agree():

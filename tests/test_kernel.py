@@ -291,6 +291,14 @@ def test_errors():
         sj.KernelEmulator.train(ds, gamma_grid=[-1.0])
     with pytest.raises(ValueError, match="no labels"):
         sj.KernelEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ds.ivar))
+    em = sj.KernelEmulator.train(ds, cv="loo")
+    one = np.asarray(ds.labels[0])
+    assert em(one).shape == em.flux_and_jacobian(one)[0].shape == (ds.n_pixels,)
+    for bad in (np.asarray(ds.labels[:2]), one[:-1]):
+        with pytest.raises(ValueError, match="ONE spectrum"):
+            em(bad)
+        with pytest.raises(ValueError, match="ONE spectrum"):
+            em.flux_and_jacobian(bad)
 
 
 def test_miles_cv_mse_kernel_below_cannon(sample):

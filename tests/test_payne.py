@@ -122,6 +122,12 @@ def test_nan_loss_and_bad_input_raise():
     bad = sj.SpectrumSet(ds.wave, ds.flux, ds.ivar, labels=labels, label_names=NAMES)
     with pytest.raises(ValueError, match="non-finite labels"):
         PayneEmulator.train(bad, hidden=(4,), max_epochs=1)
+    em = PayneEmulator.train(ds, hidden=(4,), max_epochs=1)
+    for wrong in (np.asarray(ds.labels[:2]), np.asarray(ds.labels[0])[:-1]):
+        with pytest.raises(ValueError, match="ONE spectrum"):
+            em(wrong)
+        with pytest.raises(ValueError, match="ONE spectrum"):
+            em.flux_and_jacobian(wrong)
 
 
 def test_fit_labels_with_dense_payne(dense):

@@ -220,6 +220,18 @@ class AbstractEmulator(eqx.Module):
     def __call__(self, labels: Float[Array, " L"]) -> Float[Array, " P"]:
         """Model flux [P] at ``labels`` [L] in physical units."""
 
+    def _one_spectrum(self, labels):
+        """``labels`` as an array [L], the labels of ONE spectrum; a clear error for any other shape
+        (shapes are static, so under ``jit`` and ``vmap`` this costs nothing at run time)."""
+        labels = jnp.asarray(labels)
+        if labels.shape != (self.n_labels,):
+            raise ValueError(
+                f"{type(self).__name__} takes the labels of ONE spectrum, shape ({self.n_labels},) in the order "
+                f"{list(self.label_names)}; got shape {labels.shape}. For a batch [N, L] use em.predict(labels) "
+                "or jax.vmap(em)(labels)."
+            )
+        return labels
+
     @property
     def label_names(self) -> tuple[str, ...]:
         return self.space.names
@@ -322,7 +334,7 @@ class AbstractLinearEmulator(AbstractEmulator):
         """Feature vector [T] of standardised labels ``z`` [L]; ``features(z)[0] == 1``."""
 
     def __call__(self, labels):
-        return self.design @ self.features(self.space.standardise(labels))
+        return self.design @ self.features(self.space.standardise(self._one_spectrum(labels)))
 
 
 def _fit_view(em, dtype=None):

@@ -102,7 +102,7 @@ class KernelEmulator(AbstractEmulator):
     groups: tuple[tuple[int, int], ...] = eqx.field(static=True)
 
     def __call__(self, labels):
-        z = self.space.standardise(labels)
+        z = self.space.standardise(self._one_spectrum(labels))
         d2 = jnp.sum((self.x_train - z[None, :]) ** 2, axis=1)  # [m]
         # One row of exponentials per γ group, then one contraction with that group's columns.
         parts = [
@@ -139,7 +139,7 @@ class KernelEmulator(AbstractEmulator):
         flux and all L derivatives, and every exponential is computed once (at a few hundred
         training stars the exponentials, not the products, dominate one evaluation).
         """
-        z = self.space.standardise(labels)
+        z = self.space.standardise(self._one_spectrum(labels))
         diff = self.x_train - z[None, :]  # [m, L]
         d2 = jnp.sum(diff * diff, axis=1)  # [m]
         ys, js = [], []

@@ -117,6 +117,7 @@ class PayneEmulator(AbstractEmulator):
 
     # ------------------------------------------------------------------ evaluation
     def _scaled(self, labels):
+        labels = self._one_spectrum(labels)
         return (labels - self.x_min) / (self.x_max - self.x_min) - 0.5
 
     def __call__(self, labels):
