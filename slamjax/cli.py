@@ -103,6 +103,10 @@ def cmd_train(args) -> int:
 
     data = Path(args.data)
     terms = parse_selection(args.select) if args.select is not None else None
+    out = Path(args.out)
+    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as em.save names it
+    if out.exists() and not args.overwrite:  # before the training, not after it
+        raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     ds = _load_spectra(data, args.flux_key)
     if ds.labels is None:
         raise ValueError(f"{data} has no labels to train on")
@@ -136,7 +140,7 @@ def cmd_train(args) -> int:
             + ", ".join(f"{n} {v:.3g}" for n, v in zip(em.label_names, rms, strict=True))
             + f" ({time.perf_counter() - t1:.1f} s)"
         )
-    path = em.save(args.out)
+    path = em.save(out)
 
     s2 = np.asarray(em.pixel_variance)
     usable = np.isfinite(s2)
@@ -307,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="k-fold cross-validation on the bundled MILES FGK sample; writes a catalog and a 1:1 plot.",
     )
     p.add_argument("--k", type=_int_at_least(2), default=None, help="number of folds (default 5; 3 with --quick)")
-    p.add_argument("--out", default="slamjax_demo", help="output directory (default ./slamjax_demo)")
+    p.add_argument("-o", "--out", default="slamjax_demo", help="output directory (default ./slamjax_demo)")
     p.add_argument("--emulator", choices=_EMULATORS, default="kernel", help="emulator (default kernel)")
     p.add_argument("--quick", action="store_true", help="every 3rd star and k=3 (a fast smoke test)")
     p.set_defaults(func=cmd_demo)
@@ -318,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an emulator on a labelled spectra .npz and save it as a model file.",
     )
     p.add_argument("data", metavar="DATA.npz", help="training spectra (npz with wave, flux, ivar, labels, label_names)")
-    p.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
+    p.add_argument("-o", "--out", required=True, metavar="MODEL.npz", help="model file to write")
     p.add_argument("--emulator", choices=_EMULATORS, default="kernel", help="emulator (default kernel)")
     p.add_argument("--order", type=_int_at_least(1), default=2, help="polynomial order (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (payne: initialisation and batches)")
@@ -335,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the systematic label errors by K-fold CV on the training set and store them in the model "
         "(fit then adds them to the formal errors; about K+1 times the training cost)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -344,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL.npz", help="model file written by 'slamjax train'")
     p.add_argument("data", metavar="DATA.npz", help="spectra on the model's wavelength grid")
-    p.add_argument("--out", required=True, metavar="CATALOG.fits", help="catalog to write")
+    p.add_argument("-o", "--out", required=True, metavar="CATALOG.fits", help="catalog to write")
     p.add_argument("--n-starts", type=_int_at_least(1), default=3, help="starting points per spectrum (default 3)")
     p.add_argument(
         "--chunk-size",
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="survey spectrum files (.fits or .fits.gz)")
-    p.add_argument("--out", required=True, metavar="SET.npz", help="spectra .npz to write")
+    p.add_argument("-o", "--out", required=True, metavar="SET.npz", help="spectra .npz to write")
     grid = p.add_mutually_exclusive_group()
     grid.add_argument(
         "--grid",
@@ -430,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "data", nargs="?", default=None, metavar="DATA.npz", help="labelled spectra (default: the bundled sample)"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (created if missing)")
     p.add_argument(
         "--emulators",
         type=_parse_emulators,

@@ -147,6 +147,18 @@ def test_train_select_and_labels(small_data, tmp_path, capsys):
     assert header["label_names"] == ["teff", "logg"]
     assert header["label_scaling"]["train_min"][0] > 4500
 
+    # the model file exists now: a second training refuses to replace it, before any work
+    before = model.read_bytes()
+    assert main([*args, "--select", "teff>4000"]) == 1
+    assert "exists; use --overwrite" in _one_error_line(capsys)
+    assert model.read_bytes() == before
+    assert main([*args, "--select", "teff>4000", "--overwrite"]) == 0
+    assert sj.emulators.read_header(model)["label_scaling"]["train_min"][0] <= 4500
+    capsys.readouterr()
+    # -o is --out; the .npz suffix is added as em.save adds it, and the check sees that name
+    assert main(["train", str(small_data), "-o", str(tmp_path / "m"), "--order", "1", "--emulator", "cannon"]) == 1
+    assert "m.npz exists" in _one_error_line(capsys)
+    args = [*args, "--overwrite"]
     assert main([*args, "--select", "teff>9000"]) == 1  # selects nothing
     assert "keeps none" in _one_error_line(capsys)
     assert main([*args, "--select", "teff=5000"]) == 2  # bad syntax: a usage error
