@@ -225,6 +225,45 @@ def test_degrade_resolution_fwhm_and_ew():
     assert iv_out[0] == 0 and iv_out[-1] == 0  # kernel truncated at the ends
 
 
+def test_degrade_resolution_per_pixel():
+    """R_in, R_out per pixel: a constant-FWHM input (R = λ / FWHM) to a common resolution; pixels whose
+    R_out equals R_in stay as they are; a constant array equals the scalar form."""
+    wave = np.arange(4000.0, 6000.0, 0.25)
+    centres = (4300.0, 5700.0)
+    fwhm_in = 2.5  # Å, constant (MILES-like)
+    f_in = np.ones_like(wave)
+    for c in centres:
+        f_in -= 0.5 * np.exp(-0.5 * ((wave - c) / (fwhm_in / 2.3548)) ** 2)
+    iv = np.full_like(wave, 1e4)
+    # the common resolution with an R = 1800 spectrograph: max(2.5 Å, λ / 1800); only λ > 4500 Å is degraded
+    fwhm_common = np.maximum(fwhm_in, wave / 1800.0)
+    f_out, iv_out = pp.degrade_resolution(wave, f_in, iv, wave / fwhm_in, wave / fwhm_common)
+    blue = wave < 4500.0
+    np.testing.assert_array_equal(f_out[blue & (wave > 4010)], f_in[blue & (wave > 4010)])
+    np.testing.assert_array_equal(iv_out[blue & (wave > 4010)], iv[blue & (wave > 4010)])
+    red = (wave > 5600) & (wave < 5800)
+    depth = 1 - f_out[red]
+    k = int(np.argmax(depth))
+    half = depth[k] / 2
+    w = wave[red]
+    left = np.interp(half, depth[: k + 1], w[: k + 1])
+    right = np.interp(half, depth[k:][::-1], w[k:][::-1])
+    assert (right - left) == pytest.approx(5700.0 / 1800.0, rel=0.03)
+    ew = lambda f: np.sum((1 - f[red]) * np.gradient(wave[red]))  # noqa: E731
+    assert ew(f_out) == pytest.approx(ew(f_in), rel=1e-3)
+    # a constant array is the scalar form
+    a = pp.degrade_resolution(wave, f_in, iv, np.full_like(wave, 3000.0), np.full_like(wave, 2000.0))
+    b = pp.degrade_resolution(wave, f_in, iv, 3000.0, 2000.0)
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"0 < R_out <= R_in at every pixel; 1 pixels .* 4000.25 Å"):
+        r_out = np.full_like(wave, 1000.0)
+        r_out[1] = 5000.0
+        pp.degrade_resolution(wave, f_in, iv, wave / fwhm_in, r_out)
+    with pytest.raises(ValueError, match="R_out must be a number or an array of shape"):
+        pp.degrade_resolution(wave, f_in, iv, 3000.0, np.full(7, 2000.0))
+
+
 # ------------------------------------------------------------------------ quality
 def test_quality_flags_and_snr():
     flux = np.ones((3, 200))

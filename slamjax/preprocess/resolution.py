@@ -21,6 +21,12 @@ def degrade_resolution(wave, flux, ivar, R_in: float, R_out: float, max_bad_weig
     at ±5σ and normalised to unit sum at each output pixel, so a flat spectrum stays flat and
     the equivalent width of a line is conserved.
 
+    ``R_in`` and ``R_out`` may also vary along the spectrum (arrays [P], one value per pixel; the
+    kernel of output pixel p then uses σ at p). A spectrograph with a constant FWHM in Å (e.g.
+    MILES, 2.5 Å) has R = wave / FWHM. Where the two are equal a pixel is left as it is, so two
+    data sets can be brought to their common resolution, FWHM(λ) = max(FWHM_a(λ), FWHM_b(λ)),
+    each degraded only where the other is broader.
+
     Bad pixels (ivar = 0) get zero weight and the kernel is renormalised over the good ones;
     an output pixel whose kernel has more than ``max_bad_weight`` of its weight on bad pixels
     or beyond the ends of the spectrum gets ``ivar = 0`` (flux 1).
@@ -33,26 +39,45 @@ def degrade_resolution(wave, flux, ivar, R_in: float, R_out: float, max_bad_weig
     Arguments:
         wave: wavelengths [P] in Å, strictly increasing.
         flux, ivar: [P] or [N, P].
-        R_in: resolving power of the input (λ/FWHM); ``np.inf`` for an unresolved model.
-        R_out: target resolving power, ``0 < R_out < R_in``.
+        R_in: resolving power of the input (λ/FWHM), a number or [P]; ``np.inf`` for an
+            unresolved model.
+        R_out: target resolving power, a number with ``0 < R_out < R_in``, or [P] with
+            ``0 < R_out <= R_in`` at every pixel.
         max_bad_weight: fraction of kernel weight on bad/missing pixels beyond which the output is masked.
 
     Returns:
         ``(flux_out, ivar_out)`` on the input grid, shaped like ``flux``.
     """
     wave, flux, ivar, single = check_spectra(wave, flux, ivar)
-    if not (R_out > 0 and R_in > R_out):
+    per_pixel = np.ndim(R_in) > 0 or np.ndim(R_out) > 0
+    r_in, r_out = (np.asarray(r, dtype=np.float64) for r in (R_in, R_out))
+    if per_pixel:
+        for name, r in (("R_in", r_in), ("R_out", r_out)):
+            if r.ndim > 1 or (r.ndim == 1 and r.shape != wave.shape):
+                raise ValueError(f"{name} must be a number or an array of shape {wave.shape}, got shape {r.shape}")
+        r_in, r_out = np.broadcast_to(r_in, wave.shape), np.broadcast_to(r_out, wave.shape)
+        bad = ~((r_out > 0) & (r_in >= r_out))  # also NaN
+        if bad.any():
+            p = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"need 0 < R_out <= R_in at every pixel; {int(bad.sum())} pixels violate it, the first at "
+                f"{wave[p]:.2f} Å (R_in={r_in[p]!r}, R_out={r_out[p]!r})"
+            )
+    elif not (R_out > 0 and R_in > R_out):
         raise ValueError(f"need 0 < R_out < R_in, got R_in={R_in!r}, R_out={R_out!r}")
-    sigma = np.sqrt(1.0 / R_out**2 - 1.0 / R_in**2) * _FWHM_TO_SIGMA
+    # σ = 0 (R_out == R_in): the pixel is its own output
+    sigma = np.sqrt(np.maximum(1.0 / r_out**2 - 1.0 / r_in**2, 0.0)) * _FWHM_TO_SIGMA
     dw = np.gradient(wave)  # pixel widths (quadrature weights)
-    sig_l = wave * sigma
+    sig_l = np.broadcast_to(wave * sigma, wave.shape)
     lo = np.searchsorted(wave, wave - 5 * sig_l, side="left")
     hi = np.searchsorted(wave, wave + 5 * sig_l, side="right")
     rows = np.repeat(np.arange(wave.size), hi - lo)
     cols = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-    z = (wave[cols] - wave[rows]) / sig_l[rows]
+    blur = sig_l[rows] > 0
+    s_r = np.where(blur, sig_l[rows], 1.0)
+    z = (wave[cols] - wave[rows]) / s_r
     # unit-normalised Gaussian density × pixel width: row sums are ~1 away from the edges
-    vals = np.exp(-0.5 * z * z) / (np.sqrt(2 * np.pi) * sig_l[rows]) * dw[cols]
+    vals = np.where(blur, np.exp(-0.5 * z * z) / (np.sqrt(2 * np.pi) * s_r) * dw[cols], 1.0)
     kern = sparse.csr_matrix((vals, (rows, cols)), shape=(wave.size, wave.size))
     kern_sq = kern.multiply(kern).tocsr()
     full = np.asarray(kern.sum(axis=1)).ravel()
