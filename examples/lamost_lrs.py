@@ -7,10 +7,14 @@ The steps a survey file needs before a model trained on another library can fit 
 1. the stellar rest frame (the survey's redshift), in the training set's medium (MILES: air);
 2. the training set's wavelength grid (flux-conserving resampling; LAMOST starts at ~3700 Å, so the
    MILES pixels below that get ivar = 0);
-3. the same continuum normalisation (the MILES flux was normalised like ``normalize_spline``);
-4. the same resolution: MILES has a constant FWHM of 2.51 Å (Falcón-Barroso et al. 2011), LAMOST LRS
-   R ≈ 1800. Both go to their common resolution, FWHM(λ) = max(2.51 Å, λ / 1800): the training set is
-   degraded where LAMOST is broader (λ > 4520 Å), the LAMOST spectrum where MILES is (λ < 4520 Å).
+3. the same continuum normalisation for both: the bundled MILES flux was normalised upstream, by a
+   spline that puts the continuum on average 2.6 % higher than ``normalize_spline`` in 4000–5000 Å; a model
+   trained on it fits spectra normalised by ``normalize_spline`` with [Fe/H] ~0.2 dex too low (README,
+   "Our continuum normalisation versus the shipped MILES flux"). So the training flux is normalised
+   again here, with the function applied to the LAMOST spectra;
+4. the same resolution: MILES has a constant FWHM of 2.50 Å (Falcón-Barroso et al. 2011), LAMOST LRS
+   R ≈ 1800. Both go to their common resolution, FWHM(λ) = max(2.50 Å, λ / 1800): the training set is
+   degraded where LAMOST is broader (λ > 4500 Å), the LAMOST spectrum where MILES is (λ < 4500 Å).
 
 The formal errors include the model's systematic label errors, measured by 5-fold CV on the training
 set (``cv_systematics``); without them they are far too small on real data (README, "Real data").
@@ -18,16 +22,18 @@ set (``cv_systematics``); without them they are far too small on real data (READ
 Output on the two shared files (2026-12-01; ~20 s on 2 cores):
 
      obsid  LAMOST class      Teff / K        log g        [Fe/H]  rchi2  status
- 359910161  STAR F5         6185 ± 146   4.13 ± 0.52  -1.03 ± 0.17   0.73  CONVERGED
- 677503031  STAR G3         5637 ± 186   4.52 ± 0.38  -0.73 ± 0.18   0.94  CONVERGED
+ 359910161  STAR F5         6256 ± 179   4.05 ± 0.34  -0.83 ± 0.20   0.53  CONVERGED
+ 677503031  STAR G3         5657 ± 156   4.65 ± 0.29  -0.49 ± 0.18   0.67  CONVERGED
 
 No reference labels for these two stars are available offline, so the numbers are not validated here.
 For scale: F5 and G3 dwarfs have Teff ≈ 6500 K and ≈ 5700 K (Pecaut & Mamajek 2013). Fitting only
-λ > 5000 Å gives 6508 and 5742 K, [Fe/H] −0.74 and −0.52; assuming R = 1400 or 1100 for LAMOST changes
-no label by more than 0.03 dex or 20 K. On MILES itself (5-fold CV, kernel) the resolution step matters
-little: held-out spectra at the common resolution, fitted by a model trained at the MILES resolution,
-have biases of +31 K, +0.10, −0.011 dex against +20 K, +0.05, +0.002 dex with the model trained at the
-common resolution (scatter 211 K, 0.50, 0.23 dex either way).
+λ > 5000 Å gives 6508 and 5519 K, [Fe/H] −0.79 and −0.56. With the training flux as shipped (not
+normalised again) [Fe/H] came out 0.20–0.24 dex lower (−1.03, −0.73), as the MILES test predicts.
+With the shipped training flux, assuming R = 1400 or 1100 for LAMOST changed no label by more than 0.03
+dex or 20 K, and on MILES itself
+(5-fold CV, kernel) the resolution step matters little: held-out spectra at the common resolution, fitted
+by a model trained at the MILES resolution, have biases of +31 K, +0.10, −0.011 dex against +20 K, +0.05,
++0.002 dex with the model trained at the common resolution (scatter 211 K, 0.50, 0.23 dex either way).
 """
 
 import sys
@@ -41,7 +47,7 @@ import slamjax.preprocess as pp
 
 jax.config.update("jax_enable_x64", True)
 
-FWHM_MILES = 2.51  # Å
+FWHM_MILES = 2.50  # Å (Falcón-Barroso et al. 2011)
 R_LAMOST = 1800.0
 
 paths = [Path(p) for p in sys.argv[1:]]
@@ -51,11 +57,12 @@ if not paths:
     if not paths:
         sys.exit("no LAMOST LRS files given and none found in ../shared/data/survey_files")
 
-# Training set at the common resolution
+# Training set: normalised as the LAMOST spectra will be, at the common resolution
 train = sj.data.load_sample()
 wave = train.wave
+flux, ivar, _ = pp.normalize_spline(wave, train.flux, train.ivar)
 fwhm = np.maximum(FWHM_MILES, wave / R_LAMOST)
-flux, ivar = pp.degrade_resolution(wave, train.flux, train.ivar, wave / FWHM_MILES, wave / fwhm)
+flux, ivar = pp.degrade_resolution(wave, flux, ivar, wave / FWHM_MILES, wave / fwhm)
 train = sj.SpectrumSet(wave, flux, ivar, labels=train.labels, label_names=train.label_names, ids=train.ids)
 em = sj.KernelEmulator.train(train)
 systematics, _ = sj.validate.cv_systematics(train, "kernel", k=5)
