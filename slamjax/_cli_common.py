@@ -156,6 +156,26 @@ def _load_spectra(path, flux_key: str = "flux"):
     return sj.load_npz(path, flux_key=flux_key)
 
 
+def _npz_normalization(path) -> str | None:
+    """How the flux in a spectra npz was normalised, where it says (``slamjax prep`` writes a
+    ``normalization`` entry: spline, median or none); else None."""
+    with np.load(path, allow_pickle=False) as data:
+        if "normalization" not in data.files:
+            return None
+        value = data["normalization"]
+    return str(value) if value.ndim == 0 and value.dtype.kind in "US" else None
+
+
+def _normalized(ds, method: str):
+    """``ds`` with its flux normalised again by ``method`` (spline or median), as ``slamjax prep`` does."""
+    from . import preprocess as pp
+    from ._spectra import SpectrumSet
+
+    norm = {"spline": pp.normalize_spline, "median": pp.normalize_median_poly}[method]
+    flux, ivar, _ = norm(ds.wave, ds.flux, ds.ivar)
+    return SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names, ids=ds.ids, meta=ds.meta)
+
+
 def _is_model(path: Path) -> bool:
     try:
         data = np.load(path, allow_pickle=False)

@@ -39,6 +39,11 @@ def _info_model(path: Path) -> None:
     print(f"  pixels     {wave.get('n_pixels')}")
     if "min" in wave:
         print(f"  wave       {wave['min']:.2f}-{wave['max']:.2f} {wave.get('unit', '')}")
+    meta = h.get("meta", {})
+    if "normalization" in meta:
+        print(f"  normalisation {meta['normalization']} (of the training flux)")
+    if "training_data" in meta:
+        print(f"  trained on {meta['training_data']}")
     arrays = h.get("arrays", [])
     if not any(a.endswith("systematics.excess") for a in arrays):
         print("  systematics none (errors are formal only)")

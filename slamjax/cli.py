@@ -26,6 +26,8 @@ from ._cli_common import (
     _check_npz,
     _int_at_least,
     _load_spectra,
+    _normalized,
+    _npz_normalization,
     _parse_emulators,
     _parse_grid,
     _parse_snr,
@@ -118,6 +120,12 @@ def cmd_train(args) -> int:
     if terms is not None:
         ds = apply_selection(ds, terms)
         print(f"selected {ds.n_spectra} of {n_all} spectra ({args.select})")
+    # How the training flux was normalised goes into the model file; 'slamjax fit' compares it with
+    # the data's (mixed normalisations bias the labels: README, "Never mix normalisations").
+    normalization, norm_text = _npz_normalization(data), f"{data.name} says so (slamjax prep)"
+    if args.normalize is not None:
+        ds = _normalized(ds, args.normalize)
+        normalization, norm_text = args.normalize, "--normalize"
     t0 = time.perf_counter()
     if args.emulator == "cannon":
         em = sj.CannonEmulator.train(ds, order=args.order, label_names=args.labels)
@@ -140,7 +148,8 @@ def cmd_train(args) -> int:
             + ", ".join(f"{n} {v:.3g}" for n, v in zip(em.label_names, rms, strict=True))
             + f" ({time.perf_counter() - t1:.1f} s)"
         )
-    path = em.save(out)
+    meta = {"training_data": data.name} | ({"normalization": normalization} if normalization else {})
+    path = em.save(out, meta=meta)
 
     s2 = np.asarray(em.pixel_variance)
     usable = np.isfinite(s2)
@@ -153,6 +162,10 @@ def cmd_train(args) -> int:
     print(f"  stars          {ds.n_spectra}")
     print(f"  pixels         {em.n_pixels} ({ds.wave[0]:.2f}-{ds.wave[-1]:.2f} Å), {int((~usable).sum())} unusable")
     print(f"  labels         {', '.join(em.label_names)}")
+    if normalization:
+        print(f"  normalisation  {normalization} ({norm_text})")
+    else:
+        print("  normalisation  not recorded (the training npz does not say; --normalize spline|median sets it)")
     if sys_line:
         print(sys_line)
     if args.emulator == "cannon":
@@ -185,6 +198,7 @@ def cmd_fit(args) -> int:
     _check_catalog_path(out, args.overwrite)
     em = sj.load_emulator(_check_npz(args.model, "a slamjax model file written by 'slamjax train'"))
     ds = _load_spectra(args.data, args.flux_key)
+    _check_normalizations(args)
     dtype = np.float32 if args.float32 else np.float64
     t0 = time.perf_counter()
     res = sj.fit_labels(
@@ -215,6 +229,32 @@ def cmd_fit(args) -> int:
         _print_stats(stats, common)
     print(f"catalog written to {out}")
     return 0
+
+
+def _check_normalizations(args) -> None:
+    """Refuse to fit spectra normalised otherwise than the model's training flux (where both files
+    say), unless ``--allow-normalization-mismatch``; a note where only the data say."""
+    from .emulators import read_header
+
+    model = read_header(args.model).get("meta", {}).get("normalization")
+    data = _npz_normalization(args.data)
+    if model and data and model != data and not args.allow_normalization_mismatch:
+        raise ValueError(
+            f"{args.model} was trained on flux normalised by {model!r}, {args.data} holds flux normalised by "
+            f"{data!r}; mixed normalisations bias the labels (on MILES [Fe/H] by ~0.2 dex, see the README). "
+            "Normalise both the same way (slamjax prep --normalize, slamjax train --normalize) or pass "
+            "--allow-normalization-mismatch"
+        )
+    if data and not model:
+        logger.warning(
+            "%s does not record how its training flux was normalised, %s was normalised by %r: if the training "
+            "set was normalised otherwise the labels are biased ('slamjax train --normalize %s' trains on flux "
+            "normalised the same way)",
+            args.model,
+            args.data,
+            data,
+            data if data in ("spline", "median") else "spline",
+        )
 
 
 class _StepLog:
@@ -339,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the systematic label errors by K-fold CV on the training set and store them in the model "
         "(fit then adds them to the formal errors; about K+1 times the training cost)",
     )
+    p.add_argument(
+        "--normalize",
+        choices=("spline", "median"),
+        default=None,
+        help="normalise the training flux again with this method, as 'slamjax prep' normalises the spectra to "
+        "fit, and record it in the model (default: keep the flux; record the npz's 'normalization' entry if any)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.set_defaults(func=cmd_train)
 
@@ -365,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")
+    p.add_argument(
+        "--allow-normalization-mismatch",
+        action="store_true",
+        help="fit even when the model and the data record different continuum normalisations",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalog")
     p.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
     p.set_defaults(func=cmd_fit)

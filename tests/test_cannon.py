@@ -107,6 +107,15 @@ def test_save_load_round_trip(tmp_path, cannon):
     np.testing.assert_array_equal(np.asarray(back.pixel_variance), np.asarray(cannon.pixel_variance))
     np.testing.assert_array_equal(np.asarray(back.space.train), np.asarray(cannon.space.train))
     header = read_header(path)
+    assert "meta" not in header
+    # provenance in the header: round trip, and clear errors for what JSON cannot hold
+    meta = {"normalization": "spline", "training_data": "train.npz", "n_stars": 400}
+    assert read_header(cannon.save(tmp_path / "with_meta", meta=meta))["meta"] == meta
+    np.testing.assert_array_equal(sj.load_emulator(tmp_path / "with_meta.npz").predict(labels), cannon.predict(labels))
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        cannon.save(tmp_path / "bad", meta={"x": object()})
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        cannon.save(tmp_path / "bad", meta=[("normalization", "spline")])
     assert header["format"] == "slamjax-emulator" and header["format_version"] == 1
     assert header["slamjax_version"] == sj.__version__
     assert header["label_names"] == ["teff", "logg", "fe_h"]

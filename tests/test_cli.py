@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import sys
 from importlib import resources
 
@@ -163,6 +164,42 @@ def test_train_select_and_labels(small_data, tmp_path, capsys):
     assert "keeps none" in _one_error_line(capsys)
     assert main([*args, "--select", "teff=5000"]) == 2  # bad syntax: a usage error
     _one_error_line(capsys)
+
+
+def test_normalization_recorded_and_checked(small_data, tmp_path, capsys, caplog):
+    """train --normalize records the training flux's normalisation in the model; fit refuses data that
+    say they were normalised otherwise (README: mixed normalisations bias [Fe/H] by ~0.2 dex on MILES)."""
+    model = tmp_path / "m.npz"
+    args = ["train", str(small_data), "-o", str(model), "--emulator", "cannon", "--order", "1"]
+    assert main([*args, "--normalize", "spline"]) == 0
+    assert "normalisation  spline (--normalize)" in capsys.readouterr().out
+    assert sj.emulators.read_header(model)["meta"] == {"training_data": "small.npz", "normalization": "spline"}
+    assert main(["info", str(model)]) == 0
+    assert "normalisation spline (of the training flux)" in capsys.readouterr().out
+    with np.load(small_data) as f:
+        arrays = dict(f)
+    data = {}
+    for norm in ("spline", "median"):
+        data[norm] = tmp_path / f"data_{norm}.npz"
+        np.savez(data[norm], **arrays, normalization=np.array(norm))
+    assert main(["fit", str(model), str(data["spline"]), "-o", str(tmp_path / "a.fits")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "b.fits"
+    assert main(["fit", str(model), str(data["median"]), "-o", str(out)]) == 1
+    assert "normalised by 'spline'" in (err := _one_error_line(capsys)) and "by 'median'" in err
+    assert not out.exists()
+    assert main(["fit", str(model), str(data["median"]), "-o", str(out), "--allow-normalization-mismatch"]) == 0
+    # the training npz's own record is kept; a model without one only gets a warning
+    recorded = tmp_path / "recorded.npz"
+    assert main(["train", str(data["median"]), "-o", str(recorded), "--emulator", "cannon", "--order", "1"]) == 0
+    assert "normalisation  median (data_median.npz says so" in capsys.readouterr().out
+    plain = tmp_path / "plain.npz"
+    assert main(["train", str(small_data), "-o", str(plain), "--emulator", "cannon", "--order", "1"]) == 0
+    assert "normalisation  not recorded" in capsys.readouterr().out
+    assert "normalization" not in sj.emulators.read_header(plain)["meta"]
+    with caplog.at_level(logging.WARNING, logger="slamjax.cli"):
+        assert main(["fit", str(plain), str(data["median"]), "-o", str(tmp_path / "c.fits")]) == 0
+    assert "does not record how its training flux was normalised" in caplog.text
 
 
 def test_parse_selection():

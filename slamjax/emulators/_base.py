@@ -271,9 +271,13 @@ class AbstractEmulator(eqx.Module):
             raise ValueError(f"labels must be [N, {self.n_labels}] ({self.label_names}), got {labels.shape}")
         return np.asarray(_predict(self, labels))
 
-    def save(self, path) -> Path:
-        """Write the emulator to ``path`` (an ``.npz`` with a JSON header; no pickle)."""
-        return _save(self, path)
+    def save(self, path, meta: dict | None = None) -> Path:
+        """Write the emulator to ``path`` (an ``.npz`` with a JSON header; no pickle).
+
+        ``meta``: provenance to keep in the header (JSON-serialisable), e.g. how the training
+        flux was normalised (``{"normalization": "spline"}``, as ``slamjax train`` records and
+        ``slamjax fit`` checks); :func:`read_header` returns it as ``header["meta"]``."""
+        return _save(self, path, meta)
 
     def with_systematics(self, systematics) -> AbstractEmulator:
         """A copy whose fits add the systematic label covariance described by
@@ -405,8 +409,15 @@ def _split_fields(module: eqx.Module, prefix: str = ""):
     return static, arrays
 
 
-def _save(em: AbstractEmulator, path) -> Path:
+def _save(em: AbstractEmulator, path, meta: dict | None = None) -> Path:
     cls = type(em)
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        try:
+            meta = json.loads(json.dumps(meta))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"meta must be JSON-serialisable: {err}") from err
     _registered_name(em)
     static, arrays = _split_fields(em)
     space = em.space
@@ -431,6 +442,8 @@ def _save(em: AbstractEmulator, path) -> Path:
         "static": static,
         "arrays": sorted(arrays),
     }
+    if meta is not None:
+        header["meta"] = meta
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
