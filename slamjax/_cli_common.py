@@ -156,13 +156,13 @@ def _load_spectra(path, flux_key: str = "flux"):
     return sj.load_npz(path, flux_key=flux_key)
 
 
-def _npz_normalization(path) -> str | None:
-    """How the flux in a spectra npz was normalised, where it says (``slamjax prep`` writes a
-    ``normalization`` entry: spline, median or none); else None."""
+def _npz_record(path, key: str) -> str | None:
+    """A provenance entry of a spectra npz, where it has one: ``slamjax prep`` writes ``normalization``
+    (spline, median or none) and ``medium`` (air or vacuum); else None."""
     with np.load(path, allow_pickle=False) as data:
-        if "normalization" not in data.files:
+        if key not in data.files:
             return None
-        value = data["normalization"]
+        value = data[key]
     return str(value) if value.ndim == 0 and value.dtype.kind in "US" else None
 
 

@@ -27,7 +27,7 @@ from ._cli_common import (
     _int_at_least,
     _load_spectra,
     _normalized,
-    _npz_normalization,
+    _npz_record,
     _parse_emulators,
     _parse_grid,
     _parse_snr,
@@ -122,10 +122,11 @@ def cmd_train(args) -> int:
         print(f"selected {ds.n_spectra} of {n_all} spectra ({args.select})")
     # How the training flux was normalised goes into the model file; 'slamjax fit' compares it with
     # the data's (mixed normalisations bias the labels: README, "Never mix normalisations").
-    normalization, norm_text = _npz_normalization(data), f"{data.name} says so (slamjax prep)"
+    normalization, norm_text = _npz_record(data, "normalization"), f"{data.name} says so (slamjax prep)"
     if args.normalize is not None:
         ds = _normalized(ds, args.normalize)
         normalization, norm_text = args.normalize, "--normalize"
+    medium = args.medium or _npz_record(data, "medium")
     t0 = time.perf_counter()
     if args.emulator == "cannon":
         em = sj.CannonEmulator.train(ds, order=args.order, label_names=args.labels)
@@ -148,7 +149,7 @@ def cmd_train(args) -> int:
             + ", ".join(f"{n} {v:.3g}" for n, v in zip(em.label_names, rms, strict=True))
             + f" ({time.perf_counter() - t1:.1f} s)"
         )
-    meta = {"training_data": data.name} | ({"normalization": normalization} if normalization else {})
+    meta = {"training_data": data.name} | {k: v for k, v in (("normalization", normalization), ("medium", medium)) if v}
     path = em.save(out, meta=meta)
 
     s2 = np.asarray(em.pixel_variance)
@@ -166,6 +167,7 @@ def cmd_train(args) -> int:
         print(f"  normalisation  {normalization} ({norm_text})")
     else:
         print("  normalisation  not recorded (the training npz does not say; --normalize spline|median sets it)")
+    print(f"  wavelengths    {medium or 'medium not recorded (--air or --vacuum declares it)'}")
     if sys_line:
         print(sys_line)
     if args.emulator == "cannon":
@@ -198,7 +200,7 @@ def cmd_fit(args) -> int:
     _check_catalog_path(out, args.overwrite)
     em = sj.load_emulator(_check_npz(args.model, "a slamjax model file written by 'slamjax train'"))
     ds = _load_spectra(args.data, args.flux_key)
-    _check_normalizations(args)
+    _check_records(args)
     dtype = np.float32 if args.float32 else np.float64
     t0 = time.perf_counter()
     res = sj.fit_labels(
@@ -231,29 +233,35 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _check_normalizations(args) -> None:
-    """Refuse to fit spectra normalised otherwise than the model's training flux (where both files
-    say), unless ``--allow-normalization-mismatch``; a note where only the data say."""
+def _check_records(args) -> None:
+    """Refuse to fit spectra whose recorded wavelength medium (air or vacuum) differs from the model's,
+    or whose continuum normalisation does (unless ``--allow-normalization-mismatch``), where both files
+    say; a warning where only the spectra say."""
     from .emulators import read_header
 
-    model = read_header(args.model).get("meta", {}).get("normalization")
-    data = _npz_normalization(args.data)
-    if model and data and model != data and not args.allow_normalization_mismatch:
+    meta = read_header(args.model).get("meta", {})
+    model = {key: meta.get(key) for key in ("normalization", "medium")}
+    data = {key: _npz_record(args.data, key) for key in model}
+    if model["medium"] and data["medium"] and model["medium"] != data["medium"]:
         raise ValueError(
-            f"{args.model} was trained on flux normalised by {model!r}, {args.data} holds flux normalised by "
-            f"{data!r}; mixed normalisations bias the labels (on MILES [Fe/H] by ~0.2 dex, see the README). "
+            f"{args.model} was trained on {model['medium']} wavelengths, {args.data} holds {data['medium']} "
+            f"wavelengths (~1.4 Å apart at 5000 Å); prepare the spectra with 'slamjax prep --{model['medium']}'"
+        )
+    norm_m, norm_d = model["normalization"], data["normalization"]
+    if norm_m and norm_d and norm_m != norm_d and not args.allow_normalization_mismatch:
+        raise ValueError(
+            f"{args.model} was trained on flux normalised by {norm_m!r}, {args.data} holds flux normalised by "
+            f"{norm_d!r}; mixed normalisations bias the labels (on MILES [Fe/H] by ~0.2 dex, see the README). "
             "Normalise both the same way (slamjax prep --normalize, slamjax train --normalize) or pass "
             "--allow-normalization-mismatch"
         )
-    if data and not model:
+    unknown = [f"{key} ({data[key]} in the spectra)" for key in model if data[key] and not model[key]]
+    if unknown:
         logger.warning(
-            "%s does not record how its training flux was normalised, %s was normalised by %r: if the training "
-            "set was normalised otherwise the labels are biased ('slamjax train --normalize %s' trains on flux "
-            "normalised the same way)",
+            "%s does not record its training spectra's %s: if they differ, the labels are biased ('slamjax train "
+            "--normalize', '--air'/'--vacuum' record them)",
             args.model,
-            args.data,
-            data,
-            data if data in ("spline", "median") else "spline",
+            " or ".join(unknown),
         )
 
 
@@ -386,8 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="normalise the training flux again with this method, as 'slamjax prep' normalises the spectra to "
         "fit, and record it in the model (default: keep the flux; record the npz's 'normalization' entry if any)",
     )
+    train_medium = p.add_mutually_exclusive_group()
+    for name in ("air", "vacuum"):
+        train_medium.add_argument(
+            f"--{name}",
+            dest="medium",
+            action="store_const",
+            const=name,
+            help=f"the training wavelengths are in {name}; recorded in the model, which 'slamjax fit' checks "
+            "(default: the npz's 'medium' entry if any)",
+        )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, medium=None)
 
     p = sub.add_parser(
         "fit",

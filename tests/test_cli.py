@@ -199,7 +199,28 @@ def test_normalization_recorded_and_checked(small_data, tmp_path, capsys, caplog
     assert "normalization" not in sj.emulators.read_header(plain)["meta"]
     with caplog.at_level(logging.WARNING, logger="slamjax.cli"):
         assert main(["fit", str(plain), str(data["median"]), "-o", str(tmp_path / "c.fits")]) == 0
-    assert "does not record how its training flux was normalised" in caplog.text
+    assert "does not record its training spectra's normalization (median in the spectra)" in caplog.text
+
+
+def test_wavelength_medium_recorded_and_checked(small_data, tmp_path, capsys):
+    """train --air records the medium; fit refuses spectra that 'slamjax prep' wrote in vacuum (no override:
+    air and vacuum wavelengths differ by ~1.4 Å at 5000 Å)."""
+    model = tmp_path / "m.npz"
+    assert main(["train", str(small_data), "-o", str(model), "--emulator", "cannon", "--order", "1", "--air"]) == 0
+    assert "wavelengths    air" in capsys.readouterr().out
+    assert sj.emulators.read_header(model)["meta"] == {"training_data": "small.npz", "medium": "air"}
+    with np.load(small_data) as f:
+        arrays = dict(f)
+    for medium, rc in (("air", 0), ("vacuum", 1)):
+        path = tmp_path / f"{medium}.npz"
+        np.savez(path, **arrays, medium=np.array(medium))
+        assert main(["fit", str(model), str(path), "-o", str(tmp_path / f"{medium}.fits")]) == rc
+    assert "holds vacuum wavelengths" in (err := _one_error_line(capsys)) and "slamjax prep --air" in err
+    assert not (tmp_path / "vacuum.fits").exists()
+    # the training npz's own record is used when --air/--vacuum is not given
+    recorded = tmp_path / "recorded.npz"
+    assert main(["train", str(tmp_path / "vacuum.npz"), "-o", str(recorded), "--emulator", "cannon"]) == 0
+    assert sj.emulators.read_header(recorded)["meta"]["medium"] == "vacuum"
 
 
 def test_parse_selection():
