@@ -42,6 +42,8 @@ def _info_model(path: Path) -> None:
     meta = h.get("meta", {})
     if "normalization" in meta:
         print(f"  normalisation {meta['normalization']} (of the training flux)")
+    if "medium" in meta:
+        print(f"  medium     {meta['medium']} wavelengths")
     if "training_data" in meta:
         print(f"  trained on {meta['training_data']}")
     arrays = h.get("arrays", [])

@@ -208,6 +208,8 @@ def test_wavelength_medium_recorded_and_checked(small_data, tmp_path, capsys):
     model = tmp_path / "m.npz"
     assert main(["train", str(small_data), "-o", str(model), "--emulator", "cannon", "--order", "1", "--air"]) == 0
     assert "wavelengths    air" in capsys.readouterr().out
+    assert main(["info", str(model)]) == 0
+    assert "medium     air wavelengths" in capsys.readouterr().out
     assert sj.emulators.read_header(model)["meta"] == {"training_data": "small.npz", "medium": "air"}
     with np.load(small_data) as f:
         arrays = dict(f)
