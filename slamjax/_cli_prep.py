@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,23 @@ def _survey_snr(spectra) -> dict[str, np.ndarray]:
     if all(isinstance(v, dict) for v in values) and all(set(v) == set(values[0]) for v in values):
         return {f"snr_{band}": np.array([v[band] for v in values]) for band in values[0]}
     return {}
+
+
+#: a file covering less than this fraction of the output grid is reported (a warning naming it)
+MIN_COVERAGE = 0.5
+
+
+def _write_npz(out: Path, arrays: dict) -> None:
+    """Write ``arrays`` to exactly ``out`` (numpy appends ``.npz`` to a name not ending in lower-case
+    ``.npz``; an open file avoids that), via a temporary file so a failure leaves no partial output."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _to_medium(wave, is_vacuum: bool, vacuum: bool) -> np.ndarray:
@@ -91,11 +110,32 @@ def cmd_prep(args) -> int:
     n, p = len(spectra), grid.size
     flux = np.empty((n, p))
     ivar = np.empty((n, p))
+    coverage = np.ones(n)  # fraction of the grid on which each file has data (good or bad pixels)
     for i, (s, wave) in enumerate(zip(spectra, waves)):
         if np.array_equal(wave, grid):
             flux[i], ivar[i] = s.flux, s.ivar
         else:
-            flux[i], ivar[i] = pp.resample(wave, s.flux, s.ivar, grid)
+            segments = s.meta.get("segments")
+            flux[i], ivar[i] = pp.resample(wave, s.flux, s.ivar, grid, segments=segments)
+            # the grid pixels inside the file's wavelength range and not in a chip / arm gap
+            ones = np.ones_like(wave)
+            coverage[i] = np.mean(pp.resample(wave, ones, ones, grid, segments=segments)[1] > 0)
+    for name, s, c in zip(args.files, spectra, coverage):
+        if c < MIN_COVERAGE:
+            logger.warning(
+                "%s (%s, %.2f-%.2f Å) %s of the output grid (%.2f-%.2f Å)",
+                name,
+                s.product,
+                s.wave[0],
+                s.wave[-1],
+                "covers none" if c == 0 else f"covers only {100 * c:.1f}%",
+                grid[0],
+                grid[-1],
+            )
+    if not np.any(coverage > 0):
+        raise ValueError(
+            f"no input file overlaps the output grid ({grid[0]:.2f}-{grid[-1]:.2f} Å, {grid_text}); nothing written"
+        )
 
     if args.normalize == "spline":
         flux, ivar, _ = pp.normalize_spline(grid, flux, ivar)
@@ -121,7 +161,7 @@ def cmd_prep(args) -> int:
         medium=np.array(args.medium),
         normalization=np.array(args.normalize),
     )
-    np.savez_compressed(out, **arrays)
+    _write_npz(out, arrays)
     seconds = time.perf_counter() - t0
 
     n_shift = int(np.isfinite(shifts).sum())

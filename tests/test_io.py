@@ -9,6 +9,7 @@ from astropy.io import fits
 
 import slamjax as sj
 from slamjax import io as sio
+from slamjax import preprocess as pp
 from slamjax.io._common import join_segments
 
 from .conftest import shared_file
@@ -535,3 +536,136 @@ def test_join_segments_rejects_overlap():
     (wave, _), bounds = join_segments([(np.array([6.0, 5.0]), np.zeros(2)), a])
     np.testing.assert_array_equal(wave, [1.0, 2.0, 3.0, 5.0, 6.0])
     assert bounds == [(0, 3), (3, 5)]
+
+
+# ------------------------------------------------------------------------- review fixes: layouts
+def _mrs_hdus():
+    with fits.open(real(MRS)) as m:
+        return m[0].header.copy(), m["COADD_B"].copy(), m["COADD_R"].copy()
+
+
+def test_mrs_empty_arm_skipped_with_warning(tmp_path, caplog):
+    header, blue, red = _mrs_hdus()
+    empty_b = fits.BinTableHDU(blue.data[:0], header=blue.header, name="COADD_B")
+    path = tmp_path / "med-emptyB.fits"
+    fits.HDUList([fits.PrimaryHDU(header=header), empty_b, red]).writeto(path)
+    with caplog.at_level("WARNING", logger="slamjax.io.lamost"):
+        s = sio.read_spectrum(path)
+    assert "COADD_B has no pixels" in caplog.text and str(path) in caplog.text
+    full = sio.read_spectrum(real(MRS))
+    (r0, r1) = full.meta["segments"][1]
+    assert s.meta["arms"] == ["COADD_R"] and s.meta["segments"] == [(0, r1 - r0)]
+    np.testing.assert_array_equal(s.wave, full.wave[r0:r1])
+    np.testing.assert_array_equal(s.ivar, full.ivar[r0:r1])
+    assert s.snr == {"R": pytest.approx(280.75)}
+    empty_r = fits.BinTableHDU(red.data[:0], header=red.header, name="COADD_R")
+    both = tmp_path / "med-empty.fits"
+    fits.HDUList([fits.PrimaryHDU(header=header), empty_b, empty_r]).writeto(both)
+    with pytest.raises(ValueError, match="no MRS arm has any pixels"):
+        sio.read_spectrum(both)
+    with pytest.raises(ValueError, match="no pixels"):
+        join_segments([(np.zeros(0), np.zeros(0))])
+
+
+def test_mrs_one_row_table_layout_is_mrs_not_lrs(tmp_path):
+    """COADD_B / COADD_R as one-row tables of array cells (WAVELENGTH column): still MRS, both arms."""
+    header, blue, red = _mrs_hdus()
+
+    def one_row(hdu):
+        d = hdu.data
+        cols = [
+            fits.Column(name=name, format=f"{len(d)}{fmt}", array=np.asarray(values)[None])
+            for name, fmt, values in (
+                ("FLUX", "E", d["FLUX"]),
+                ("IVAR", "E", d["IVAR"]),
+                ("WAVELENGTH", "D", 10.0 ** d["LOGLAM"].astype(np.float64)),
+                ("ORMASK", "J", d["ORMASK"]),
+            )
+        ]
+        return fits.BinTableHDU.from_columns(cols, name=hdu.name, header=fits.Header([("SNR", hdu.header["SNR"])]))
+
+    path = tmp_path / "med-rows.fits"
+    fits.HDUList([fits.PrimaryHDU(header=header), one_row(blue), one_row(red)]).writeto(path)
+    with fits.open(path) as hdul:
+        assert not sio.lamost.identify_lrs_table(hdul)
+        assert [name for name, identify, _ in sio.READERS if identify(hdul)] == ["lamost_mrs"]
+    s, ref = sio.read_spectrum(path), sio.read_spectrum(real(MRS))
+    assert s.product == "lamost_mrs" and s.meta["arms"] == ["COADD_B", "COADD_R"]
+    assert s.meta["segments"] == ref.meta["segments"] and s.n_pixels == ref.n_pixels == 7793
+    np.testing.assert_allclose(s.wave, ref.wave, rtol=1e-12)
+    np.testing.assert_array_equal(s.flux, ref.flux)
+    np.testing.assert_array_equal(s.mask, ref.mask)
+
+
+def test_aspcapstar_zero_flux_with_finite_error_is_bad(tmp_path):
+    n = 8575
+    flux = np.ones(n)
+    err = np.full(n, 0.01)
+    flux[3000:3100] = 0.0  # chip gap written as zero flux with a finite, positive error
+    spec_hdus = []
+    for arr in (flux, err, flux):
+        hdu = fits.ImageHDU(arr)
+        hdu.header.update(CRVAL1=4.179, CDELT1=6e-6, CRPIX1=1)
+        spec_hdus.append(hdu)
+    table = fits.BinTableHDU.from_columns(
+        [fits.Column("APOGEE_ID", "18A", array=["2M00000000+0000000"]), fits.Column("ASPCAPFLAG", "K", array=[0])]
+    )
+    path = tmp_path / "aspcapStar-gap.fits"
+    fits.HDUList([fits.PrimaryHDU(), *spec_hdus, table]).writeto(path)
+    s = sio.read_spectrum(path)
+    assert s.product == "aspcapstar"
+    assert s.mask[3000:3100].all() and np.all(s.ivar[3000:3100] == 0)
+    assert int(s.mask.sum()) == 100
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), (False, False), ("T", True), ("F", False), ("true", True), (" False ", False), ("maybe", None)],
+)
+def test_lamost_logical_header_strings(tmp_path, value, expected):
+    with fits.open(real(LRS_DR7)) as src:
+        hdu = fits.PrimaryHDU(src[0].data.copy(), src[0].header.copy())
+    hdu.header["VACUUM"] = value
+    path = tmp_path / "spec-vac.fits"
+    if expected is None:
+        hdu.writeto(path)
+        with pytest.raises(ValueError, match=r"spec-vac.fits: header keyword VACUUM = 'maybe' is not a logical"):
+            sio.read_spectrum(path)
+        return
+    hdu.header["HELIO"] = value
+    hdu.writeto(path)
+    s = sio.read_spectrum(path)
+    assert s.vacuum is expected
+    assert s.meta["frame"] == ("heliocentric" if expected else "observed")
+
+
+# --------------------------------------------------------------------- review fixes: read_many
+def test_read_many_refuses_mixed_frames():
+    files = [real(APSTAR_3V), real(APVISIT_A)]
+    grid = sio.read_spectrum(files[0]).wave
+    with pytest.raises(ValueError, match=r"mix wavelength frames \(rest: .*apStar.*; observed: .*apVisit"):
+        sio.read_many(files, wave=grid, resample=linear_resample)
+    # one frame: fine
+    ss = sio.read_many([real(APVISIT_A), real(APVISIT_B)], wave=grid, resample=linear_resample)
+    assert ss.meta["frame"] == ["observed", "observed"]
+
+
+def test_read_many_masks_gaps_between_segments():
+    """Whatever the resample callable does, grid pixels between two arms get ivar 0 and flux 1; a callable
+    with a ``segments`` keyword gets the file's segments."""
+    s = sio.read_spectrum(real(MRS))
+    (_, stop), (start, _) = s.meta["segments"]
+    grid = pp.log_lambda_grid(4900.0, 6850.0, 1e-5)
+    gap = (grid > s.wave[stop - 1]) & (grid < s.wave[start])
+    assert gap.sum() > 6000
+    seen = []
+
+    def spy(wave_in, flux, ivar, wave_out, segments=None):
+        seen.append(segments)
+        return np.ones(wave_out.size), np.ones(wave_out.size)  # claims data everywhere
+
+    for resample in (linear_resample, spy, pp.resample):
+        ss = sio.read_many([real(MRS)], wave=grid, resample=resample)
+        assert np.all(ss.ivar[0, gap] == 0) and np.all(ss.flux[0, gap] == 1.0)
+        assert np.sum(ss.ivar[0, ~gap] > 0) > 0.95 * np.sum(~gap)
+    assert seen == [s.meta["segments"]]

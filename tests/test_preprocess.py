@@ -109,9 +109,75 @@ def test_resample_irregular_grid_matches_numpy():
     wave_in = np.sort(rng.uniform(4000.0, 5000.0, 500))
     flux = rng.normal(size=(3, 500))
     wave_out = np.linspace(4100.0, 4900.0, 300)
-    f_out, _ = pp.resample(wave_in, flux, np.ones_like(flux), wave_out)
+    # random steps vary by design: no gap detection from the grid (gap_factor=None)
+    f_out, _ = pp.resample(wave_in, flux, np.ones_like(flux), wave_out, gap_factor=None)
     ref = np.stack([np.interp(wave_out, wave_in, f) for f in flux])
     np.testing.assert_allclose(f_out, ref, rtol=0, atol=1e-12)
+
+
+def _two_chip_grid():
+    """Two chips 0.2 Å apart per pixel with a 40 Å gap between them (as an apVisit join)."""
+    w1 = np.arange(15800.0, 15810.0, 0.2)
+    w2 = np.arange(15850.0, 15860.0, 0.2)
+    return np.r_[w1, w2], w1.size
+
+
+def test_resample_masks_gap_between_chips():
+    wave_in, n1 = _two_chip_grid()
+    rng = np.random.default_rng(11)
+    flux = 1.0 + 0.01 * rng.standard_normal(wave_in.size)
+    ivar = np.full(wave_in.size, 1e4)  # the pixels on both edges of the gap are good
+    wave_out = np.linspace(15801.03, 15859.03, 581)  # 0.1 Å steps, never on an input pixel
+    f_out, iv_out = pp.resample(wave_in, flux, ivar, wave_out)
+    in_gap = (wave_out > wave_in[n1 - 1]) & (wave_out < wave_in[n1])
+    assert in_gap.sum() == 402
+    assert np.all(iv_out[in_gap] == 0) and np.all(f_out[in_gap] == 1.0)
+    assert np.all(iv_out[~in_gap] > 0)
+    ref = np.interp(wave_out[~in_gap], wave_in, flux)
+    np.testing.assert_allclose(f_out[~in_gap], ref, rtol=0, atol=1e-12)
+    # the same through the batched per-spectrum-grid path (e.g. after a rest-frame shift)
+    f2, iv2 = pp.resample(np.stack([wave_in, wave_in]), np.stack([flux, flux]), np.stack([ivar, ivar]), wave_out)
+    np.testing.assert_array_equal(iv2[0], iv_out)
+    np.testing.assert_array_equal(iv2[1], iv_out)
+    # a lone good pixel inside the gap (two large steps in a row) is found too
+    lone = np.r_[wave_in[:n1], 15830.0, wave_in[n1:]]
+    _, iv3 = pp.resample(lone, np.ones(lone.size), np.ones(lone.size), wave_out)
+    assert np.all(iv3[(wave_out > wave_in[n1 - 1]) & (wave_out < wave_in[n1])] == 0)
+    # gap_factor=None: the grid alone marks no gap, the output interpolates over it
+    _, iv4 = pp.resample(wave_in, flux, ivar, wave_out, gap_factor=None)
+    assert np.all(iv4 > 0)
+
+
+def test_resample_segments_mark_gaps():
+    """Segments mark a boundary even where the step there is a normal one."""
+    wave_in = np.linspace(5000.0, 5010.0, 101)
+    wave_out = np.linspace(5000.0, 5010.0, 1001)
+    ones = np.ones(101)
+    _, iv = pp.resample(wave_in, ones, ones, wave_out, segments=[(0, 50), (50, 101)])
+    between = (wave_out > wave_in[49]) & (wave_out < wave_in[50])
+    # the output pixel on input pixel 49 is masked too (its bracket straddles the boundary)
+    assert between.sum() == 9 and np.all(iv[between] == 0) and np.sum(iv == 0) == 10
+    with pytest.raises(ValueError, match="segment"):
+        pp.resample(wave_in, ones, ones, wave_out, segments=[(0, 102)])
+    with pytest.raises(ValueError, match="gap_factor"):
+        pp.resample(wave_in, ones, ones, wave_out, gap_factor=0.5)
+
+
+def test_resample_real_mrs_arm_gap():
+    """LAMOST MRS arms (blue ~4894-5378 Å, red ~6292-6851 Å): nothing in between may carry weight, even
+    when the pixels on the arm edges are good (here the last blue pixel is made good)."""
+    s = sj.io.read_spectrum(shared_file("survey_files", "med-58408-TD230151N343645T01_sp01-015.fits"))
+    (_, stop), (start, _) = s.meta["segments"]
+    ivar = np.array(s.ivar)
+    ivar[stop - 1] = np.median(s.ivar[s.ivar > 0])
+    assert ivar[start] > 0
+    grid = pp.log_lambda_grid(4900.0, 6850.0, 1e-5)
+    gap = (grid > s.wave[stop - 1]) & (grid < s.wave[start])
+    assert gap.sum() > 6000
+    for kwargs in ({}, {"segments": s.meta["segments"]}, {"segments": s.meta["segments"], "gap_factor": None}):
+        f_out, iv_out = pp.resample(s.wave, s.flux, ivar, grid, **kwargs)
+        assert np.all(iv_out[gap] == 0) and np.all(f_out[gap] == 1.0), kwargs
+        assert np.sum(iv_out[~gap] > 0) > 0.95 * np.sum(~gap)
 
 
 @pytest.mark.parametrize(
@@ -262,6 +328,37 @@ def test_degrade_resolution_per_pixel():
         pp.degrade_resolution(wave, f_in, iv, wave / fwhm_in, r_out)
     with pytest.raises(ValueError, match="R_out must be a number or an array of shape"):
         pp.degrade_resolution(wave, f_in, iv, 3000.0, np.full(7, 2000.0))
+
+
+def test_degrade_resolution_gap_is_missing_coverage():
+    """A grid with a gap between chips behaves as a continuous grid whose gap pixels are bad: the
+    pixels on the gap edges get a normal width and the kernel part in the gap is missing weight."""
+    wave, n1 = _two_chip_grid()
+    cont = np.arange(15800.0, 15860.0 - 1e-9, 0.2)  # the same pixels plus the 40 Å in between
+    in_data = np.isin(np.round(cont, 6), np.round(wave, 6))
+    assert in_data.sum() == wave.size
+    rng = np.random.default_rng(2)
+    flux = 1.0 + 0.01 * rng.standard_normal((3, wave.size))
+    flux[:, n1 - 1] += 0.5  # a feature in the last pixel before the gap
+    ivar = np.full_like(flux, 1e4)
+    f_cont = np.ones((3, cont.size))
+    f_cont[:, in_data] = flux
+    iv_cont = np.zeros_like(f_cont)
+    iv_cont[:, in_data] = ivar
+    f_gap, iv_gap = pp.degrade_resolution(wave, flux, ivar, 22500.0, 5000.0)
+    f_ref, iv_ref = pp.degrade_resolution(cont, f_cont, iv_cont, 22500.0, 5000.0)
+    np.testing.assert_allclose(f_gap, f_ref[:, in_data], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(iv_gap, iv_ref[:, in_data], rtol=1e-9, atol=0)
+    # the pixels within ~1σ of the gap have more than 20% of their kernel there: masked
+    masked = iv_gap[0] == 0
+    assert masked[n1 - 6 : n1 + 6].all() and not masked[n1 - 12 : n1 - 7].any()
+    assert np.all(np.abs(f_gap[:, ~masked] - 1.0) < 0.05)
+    # segments alone (gap_factor=None) give the same answer
+    f_seg, iv_seg = pp.degrade_resolution(
+        wave, flux, ivar, 22500.0, 5000.0, segments=[(0, n1), (n1, wave.size)], gap_factor=None
+    )
+    np.testing.assert_array_equal(iv_seg, iv_gap)
+    np.testing.assert_array_equal(f_seg, f_gap)
 
 
 # ------------------------------------------------------------------------ quality

@@ -19,6 +19,7 @@ product                file                                              reader
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -96,6 +97,23 @@ def _per_file_snr(spectra):
     return values
 
 
+def _accepts_segments(fn) -> bool:
+    try:
+        return "segments" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # callables without an inspectable signature
+        return False
+
+
+def _between_segments(wave: np.ndarray, segments, grid: np.ndarray) -> np.ndarray:
+    """Pixels of ``grid`` strictly between two consecutive segments of ``wave`` (no data there)."""
+    out = np.zeros(grid.shape, dtype=bool)
+    bounds = sorted((int(a), int(b)) for a, b in segments or ())
+    for (_, stop), (start, _) in zip(bounds[:-1], bounds[1:]):
+        if 0 < stop <= start < wave.size:
+            out |= (grid > wave[stop - 1]) & (grid < wave[start])
+    return out
+
+
 def read_many(
     paths: Iterable,
     wave=None,
@@ -109,6 +127,9 @@ def read_many(
         resample: ``resample(wave_in [P_in], flux [P_in], ivar [P_in], wave_out [P_out]) ->
             (flux_out [P_out], ivar_out [P_out])``, e.g. ``slamjax.preprocess.resample``; used for
             every file whose grid differs from ``wave``. Bad pixels reach it as ``ivar == 0``.
+            If it takes a ``segments`` keyword, it gets the file's ``meta["segments"]`` (chip /
+            arm pixel ranges). Whatever it returns, output pixels between two segments (in a
+            chip or arm gap) get ``ivar = 0`` and ``flux = 1``: there is no data there.
 
     Returns:
         A SpectrumSet with ``ids`` from the files and ``meta`` holding per-file ``paths``,
@@ -117,7 +138,9 @@ def read_many(
         ``resampled`` (bool per file).
 
     Raises:
-        ValueError: for no paths, an npz path, a mix of air and vacuum wavelengths, files on
+        ValueError: for no paths, an npz path, a mix of air and vacuum wavelengths, a mix of
+            wavelength frames (``meta["frame"]``: e.g. rest-frame apStar and observed-frame
+            apVisit; shift them to one frame first, as ``slamjax prep`` does), files on
             different grids without ``wave``, or a grid mismatch without ``resample``.
     """
     paths = list(paths)
@@ -133,6 +156,15 @@ def read_many(
     if len(vacuum) > 1:
         air = [str(p) for p, s in zip(paths, spectra) if not s.vacuum]
         raise ValueError(f"files mix air and vacuum wavelengths (air: {air}); convert before combining")
+    frames: dict[str, list[str]] = {}
+    for p, s in zip(paths, spectra):
+        frames.setdefault(str(s.meta.get("frame") or "unknown"), []).append(str(p))
+    if len(frames) > 1:
+        listing = "; ".join(f"{frame}: {files}" for frame, files in frames.items())
+        raise ValueError(
+            f"files mix wavelength frames ({listing}); shift them to one frame before combining, e.g. "
+            "slamjax.preprocess.to_rest_frame(wave, meta['doppler_shift']) or 'slamjax prep'"
+        )
 
     if wave is None:
         grid = spectra[0].wave
@@ -163,12 +195,18 @@ def read_many(
                     f"{p} ({s.wave[0]:.2f}-{s.wave[-1]:.2f} Å, {s.n_pixels} pixels) is not on the requested grid and "
                     "no resample callable was given; pass resample=, e.g. slamjax.preprocess.resample"
                 )
-            f_out, iv_out = resample(s.wave, s.flux, s.ivar, grid)
-            f_out, iv_out = np.asarray(f_out, dtype=np.float64), np.asarray(iv_out, dtype=np.float64)
+            segments = s.meta.get("segments")
+            if segments is not None and _accepts_segments(resample):
+                f_out, iv_out = resample(s.wave, s.flux, s.ivar, grid, segments=segments)
+            else:
+                f_out, iv_out = resample(s.wave, s.flux, s.ivar, grid)
+            f_out, iv_out = np.array(f_out, dtype=np.float64), np.array(iv_out, dtype=np.float64)
             if f_out.shape != grid.shape or iv_out.shape != grid.shape:
                 raise ValueError(
                     f"resample returned shapes {f_out.shape}, {iv_out.shape} for {p}; expected {grid.shape}"
                 )
+            gap = _between_segments(s.wave, segments, grid)
+            f_out[gap], iv_out[gap] = 1.0, 0.0
             flux[i], ivar[i] = f_out, iv_out
             resampled.append(True)
 

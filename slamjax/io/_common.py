@@ -104,6 +104,31 @@ def header_float(header, key: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
+_TRUE = frozenset({"T", "TRUE"})
+_FALSE = frozenset({"F", "FALSE"})
+
+
+def header_bool(header, key: str, default: bool, where=None) -> bool:
+    """``header[key]`` as a bool: a FITS logical, or a string ``T``/``F``/``TRUE``/``FALSE`` (any case).
+
+    Returns ``default`` when the key is absent or has no value. Raises ValueError on any other
+    value (a number, another string): guessing would silently flip e.g. the air/vacuum medium.
+    """
+    value = header.get(key)
+    if value is None or isinstance(value, fits.card.Undefined):
+        return default
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().upper()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    prefix = f"{where}: " if where else ""
+    raise ValueError(f"{prefix}header keyword {key} = {value!r} is not a logical value (T/F, TRUE/FALSE)")
+
+
 def ivar_from_error(err: np.ndarray) -> np.ndarray:
     """``1 / err**2`` where ``err`` is finite and > 0, else 0."""
     err = np.asarray(err, dtype=np.float64)
@@ -129,11 +154,16 @@ def join_segments(segments: Sequence[tuple[np.ndarray, ...]]) -> tuple[list[np.n
     each segment in the result.
 
     Raises:
-        ValueError: if a segment is not monotonic or two segments overlap in wavelength.
+        ValueError: if there are no segments, a segment is empty or not monotonic, or two
+            segments overlap in wavelength.
     """
+    if not segments:
+        raise ValueError("no segments to join")
     fixed = []
     for seg in segments:
         wave = seg[0]
+        if wave.size == 0:
+            raise ValueError("a segment has no pixels")
         if wave.size > 1 and np.all(np.diff(wave) < 0):
             seg = tuple(a[::-1] for a in seg)
         elif wave.size > 1 and not np.all(np.diff(wave) > 0):

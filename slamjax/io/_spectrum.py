@@ -82,7 +82,7 @@ class Spectrum:
             bad = int(np.argmin(np.diff(wave) > 0))
             raise ValueError(
                 f"wave must be strictly increasing; it is not between pixels {bad} and {bad + 1} "
-                f"({wave[bad]!r} -> {wave[bad + 1]!r})"
+                f"({float(wave[bad]):.10g} -> {float(wave[bad + 1]):.10g})"
             )
         if np.any(np.isnan(ivar)) or np.any(np.isinf(ivar)) or np.any(ivar < 0):
             raise ValueError(

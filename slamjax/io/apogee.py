@@ -217,8 +217,8 @@ def _first_of(header, table, keys):
 def load_aspcapstar(source) -> Spectrum:
     """Read an APOGEE ``aspcapStar-*.fits`` file: the continuum-normalised combined spectrum.
 
-    Pixels with zero or non-finite error or flux (ASPCAP's chip gaps) are bad; there is no
-    pixel bitmask in this product. ``meta["normalised"]`` is True.
+    Pixels with zero flux (ASPCAP's chip gaps, whatever their error), zero error, or non-finite
+    error or flux are bad; there is no pixel bitmask in this product. ``meta["normalised"]`` is True.
     """
     with open_fits(source) as (hdul, path):
         if not identify_aspcapstar(hdul):
@@ -227,6 +227,7 @@ def load_aspcapstar(source) -> Spectrum:
         table = _aspcap_table(hdul)
         flux = np.asarray(hdul[1].data, dtype=np.float64)
         ivar, bad = _bad(flux, hdul[2].data)
+        bad |= flux == 0  # ASPCAP writes zero flux (with or without an error) outside its chip ranges
         wave = _loglinear_wave(hdul[1].header, flux.size)
         ident = str(header.get("OBJID", "")).strip()
         if not ident and table is not None and has_columns(table, ("APOGEE_ID",)):

@@ -11,16 +11,33 @@ heliocentric RV is ``c * Z`` (the pipeline redshift); MRS files carry no RV (``r
 Both keep their wavelengths in the heliocentric frame (``meta["frame"]``).
 
 Air / vacuum: taken from the ``VACUUM`` header keyword (``T`` in all LAMOST files seen; LAMOST
-documents vacuum wavelengths for both LRS and MRS).
+documents vacuum wavelengths for both LRS and MRS); vacuum when the keyword is absent. ``VACUUM``
+and ``HELIO`` may be FITS logicals or the strings ``T``/``F``/``TRUE``/``FALSE``; any other value
+is an error.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 from astropy.io import fits
 
-from ._common import C_KMS, clean_ivar, has_columns, header_float, image_shape, join_segments, open_fits
+from ._common import (
+    C_KMS,
+    clean_ivar,
+    column_names,
+    has_columns,
+    header_bool,
+    header_float,
+    image_shape,
+    join_segments,
+    open_fits,
+)
 from ._spectrum import Spectrum
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "identify_lrs",
@@ -53,7 +70,7 @@ def _lrs_spectrum(header, flux, ivar, wave, ormask, *, product: str, path) -> Sp
         "product": product,
         "path": path,
         "header": _header_meta(header, _LRS_HEADER_KEYS),
-        "frame": "heliocentric" if header.get("HELIO", True) else "observed",
+        "frame": "heliocentric" if header_bool(header, "HELIO", True, path) else "observed",
         "doppler_shift": rv,
         "segments": [(0, wave.size)],
     }
@@ -62,7 +79,7 @@ def _lrs_spectrum(header, flux, ivar, wave, ormask, *, product: str, path) -> Sp
         flux,
         ivar,
         mask,
-        vacuum=bool(header.get("VACUUM", True)),
+        vacuum=header_bool(header, "VACUUM", True, path),
         rv=rv,
         snr=snr or None,
         id=str(header.get("OBSID", "")),
@@ -92,10 +109,24 @@ def load_lrs(source) -> Spectrum:
         return _lrs_spectrum(header, data[0], data[1], data[2], data[4], product="lamost_lrs", path=path)
 
 
+_MRS_ARMS = ("COADD_B", "COADD_R")
+# MRS extensions: the coadded arms and the single exposures (B-<lmjm>, R-<lmjm>)
+_MRS_EXTNAME = re.compile(r"^(COADD_[BR]|[BR]-\d+)$")
+
+
+def _has_mrs_extensions(hdul: fits.HDUList) -> bool:
+    return any(_MRS_EXTNAME.match(hdu.name.strip().upper()) for hdu in hdul[1:])
+
+
 def identify_lrs_table(hdul: fits.HDUList) -> bool:
-    """LAMOST LRS DR9+: HDU 1 is a one-row binary table with FLUX, IVAR, WAVELENGTH columns."""
+    """LAMOST LRS DR9+: HDU 1 is a one-row binary table with FLUX, IVAR, WAVELENGTH columns.
+
+    A file with MRS extensions (EXTNAME ``COADD_B``, ``COADD_R``, ``B-<lmjm>``, ``R-<lmjm>``) is
+    not LRS, whatever its table layout (it is read by :func:`load_mrs`).
+    """
     return (
         len(hdul) > 1
+        and not _has_mrs_extensions(hdul)
         and isinstance(hdul[1], fits.BinTableHDU)
         and hdul[1].header.get("NAXIS2") == 1
         and has_columns(hdul[1], ("FLUX", "IVAR", "WAVELENGTH"))
@@ -120,14 +151,28 @@ def load_lrs_table(source) -> Spectrum:
         )
 
 
-_MRS_ARMS = ("COADD_B", "COADD_R")
+def _arm_has_columns(hdu) -> bool:
+    return has_columns(hdu, ("FLUX", "IVAR")) and (has_columns(hdu, ("LOGLAM",)) or has_columns(hdu, ("WAVELENGTH",)))
 
 
 def identify_mrs(hdul: fits.HDUList) -> bool:
-    """LAMOST MRS: binary-table HDUs named COADD_B and/or COADD_R with FLUX, IVAR, LOGLAM columns."""
+    """LAMOST MRS: binary-table HDUs named COADD_B and/or COADD_R with FLUX, IVAR and LOGLAM (or WAVELENGTH)."""
     names = [hdu.name.upper() for hdu in hdul]
     arms = [arm for arm in _MRS_ARMS if arm in names]
-    return bool(arms) and all(has_columns(hdul[arm], ("FLUX", "IVAR", "LOGLAM")) for arm in arms)
+    return bool(arms) and all(_arm_has_columns(hdul[arm]) for arm in arms)
+
+
+def _arm_arrays(hdu) -> dict[str, np.ndarray]:
+    """An arm's columns as 1-D arrays: one row per pixel (the MRS layout), or one row of array cells."""
+    d = hdu.data
+    cols = [c.upper() for c in column_names(hdu)]
+    n_rows = 0 if d is None else len(d)
+    one_row = n_rows == 1 and np.asarray(d["FLUX"][0]).ndim == 1
+    out = {}
+    for name in ("FLUX", "IVAR", "LOGLAM", "WAVELENGTH", "ORMASK"):
+        if name in cols:
+            out[name] = np.asarray(d[name][0] if one_row else d[name]) if n_rows else np.zeros(0)
+    return out
 
 
 def load_mrs(source) -> Spectrum:
@@ -136,40 +181,54 @@ def load_mrs(source) -> Spectrum:
     The blue (COADD_B, ~4950-5350 Å) and red (COADD_R, ~6300-6800 Å) arms are concatenated
     in increasing wavelength, ``meta["segments"]`` holding their pixel ranges and
     ``meta["arms"]`` their names. Wavelength is ``10**LOGLAM`` (LOGLAM computed in float64
-    from the stored float32). S/N is ``{"B": SNR, "R": SNR}`` from the arm headers.
-    The single-exposure extensions (``B-<lmjm>``, ``R-<lmjm>``) are not read.
+    from the stored float32), or the ``WAVELENGTH`` column where there is no LOGLAM. An arm
+    table has one row per pixel, or one row whose cells are the arrays. S/N is
+    ``{"B": SNR, "R": SNR}`` from the arm headers. An arm with no pixels is skipped with a
+    logged warning. The single-exposure extensions (``B-<lmjm>``, ``R-<lmjm>``) are not read.
+
+    Raises:
+        ValueError: if the file is not MRS or none of its arms has any pixels.
     """
     with open_fits(source) as (hdul, path):
         if not identify_mrs(hdul):
             raise ValueError(f"{path or 'HDUList'} is not a LAMOST MRS spectrum")
         header = hdul[0].header
         names = [hdu.name.upper() for hdu in hdul]
-        segments, snr = [], {}
+        segments, snr, arm_names = [], {}, []
         for arm in _MRS_ARMS:
             if arm not in names:
                 continue
             hdu = hdul[arm]
-            d = hdu.data
-            cols = [c.upper() for c in hdu.columns.names]
-            wave = 10.0 ** np.asarray(d["LOGLAM"], dtype=np.float64)
+            d = _arm_arrays(hdu)
             flux = np.asarray(d["FLUX"], dtype=np.float64)
+            if flux.size == 0:
+                logger.warning("%s: MRS arm %s has no pixels; skipped", path or "HDUList", arm)
+                continue
+            if "LOGLAM" in d:
+                wave = 10.0 ** np.asarray(d["LOGLAM"], dtype=np.float64)
+            else:
+                wave = np.asarray(d["WAVELENGTH"], dtype=np.float64)
             ivar = clean_ivar(d["IVAR"])
-            ormask = np.asarray(d["ORMASK"]) if "ORMASK" in cols else np.zeros(flux.size)
+            ormask = d.get("ORMASK", np.zeros(flux.size))
+            if not wave.shape == ivar.shape == ormask.shape == flux.shape:
+                raise ValueError(f"{path or 'HDUList'}: arm {arm} has columns of different lengths")
             bad = (ormask != 0) | (ivar == 0) | ~np.isfinite(flux)
             label = np.full(flux.size, len(segments))
             segments.append((wave, flux, ivar, bad, label))
+            arm_names.append(arm)
             arm_snr = header_float(hdu.header, "SNR")
             if arm_snr is not None:
                 snr[arm[-1]] = arm_snr
+        if not segments:
+            raise ValueError(f"{path or 'HDUList'}: no MRS arm has any pixels")
         (wave, flux, ivar, bad, label), bounds = join_segments(segments)
-        arm_names = [a for a in _MRS_ARMS if a in names]
         order = [arm_names[int(label[start])] for start, _ in bounds]
         meta = {
             "survey": "LAMOST",
             "product": "lamost_mrs",
             "path": path,
             "header": _header_meta(header, _MRS_HEADER_KEYS),
-            "frame": "heliocentric" if header.get("HELIO", True) else "observed",
+            "frame": "heliocentric" if header_bool(header, "HELIO", True, path) else "observed",
             "doppler_shift": None,
             "segments": bounds,
             "arms": order,
@@ -179,7 +238,7 @@ def load_mrs(source) -> Spectrum:
             flux,
             ivar,
             bad.astype(bool),
-            vacuum=bool(header.get("VACUUM", True)),
+            vacuum=header_bool(header, "VACUUM", True, path),
             rv=None,
             snr=snr or None,
             id=str(header.get("OBSID", "")),

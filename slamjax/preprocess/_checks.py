@@ -57,3 +57,50 @@ def check_spectra(wave, flux, ivar) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         raise ValueError(f"wave must be 1-D [P], got shape {wave.shape}")
     flux, ivar, single = check_flux_ivar(flux, ivar, wave.shape[0])
     return wave, flux, ivar, single
+
+
+def grid_gaps(wave: np.ndarray, factor: float | None = 2.0, segments=None) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps in a wavelength grid: ``(gap [..., P-1] bool, local_step [..., P-1])`` per pixel interval.
+
+    Interval ``i`` (between pixels ``i`` and ``i + 1``) is a gap when its step exceeds ``factor``
+    times the local step, the median of the two steps on either side of it (fewer at the ends),
+    or when it joins two of ``segments`` (``(start, stop)`` pixel ranges, as the readers record in
+    ``meta["segments"]``). A median of four is not moved by one large step, so a lone pixel inside
+    a gap (two large steps in a row) is found too. ``factor=None`` uses ``segments`` only.
+    ``local_step`` is that median (the step itself where there are no neighbours).
+    """
+    wave = np.asarray(wave, dtype=np.float64)
+    step = np.diff(wave, axis=-1)
+    n = step.shape[-1]
+    local = step.copy()
+    gap = np.zeros(step.shape, dtype=bool)
+    if n >= 2:
+        # the median of the steps at offsets -2, -1, +1, +2: in the interior the mean of the middle two of
+        # four, from elementwise min/max (a sort along a stacked axis took 35 s for 10,000 × 3909 px grids)
+        if n >= 5:
+            a, b, c, d = step[..., :-4], step[..., 1:-3], step[..., 3:-1], step[..., 4:]
+            lo1, hi1, lo2, hi2 = np.minimum(a, b), np.maximum(a, b), np.minimum(c, d), np.maximum(c, d)
+            local[..., 2:-2] = 0.5 * (np.maximum(lo1, lo2) + np.minimum(hi1, hi2))
+        padded = np.pad(step, [*[(0, 0)] * (step.ndim - 1), (2, 2)], constant_values=np.nan)
+        for i in sorted({0, 1, n - 2, n - 1} | (set(range(2, n - 2)) if n < 5 else set())):
+            nb = padded[..., [i, i + 1, i + 3, i + 4]]  # fewer than four at the ends (NaN)
+            local[..., i] = np.nanmedian(nb, axis=-1)
+        if factor is not None:
+            if not (np.isfinite(factor) and factor > 1):
+                raise ValueError(f"gap_factor must be > 1 or None, got {factor!r}")
+            gap = step > factor * local
+    if segments is not None:
+        edges = set()
+        for seg in segments:
+            try:
+                start, stop = (int(v) for v in seg)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"segments must be (start, stop) pixel ranges, got {seg!r}") from err
+            if not 0 <= start < stop <= n + 1:
+                raise ValueError(f"segment {seg!r} is not a pixel range within 0..{n + 1}")
+            edges.update(e - 1 for e in (start, stop) if 0 < e <= n)
+        if edges:
+            gap = gap.copy()
+            gap[..., sorted(edges)] = True
+    local = np.where(gap & (step < local), step, local)
+    return gap, local

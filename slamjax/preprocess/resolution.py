@@ -5,14 +5,24 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from ._checks import check_spectra
+from ._checks import check_spectra, grid_gaps
 
 __all__ = ["degrade_resolution"]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # 1 / 2.3548
 
 
-def degrade_resolution(wave, flux, ivar, R_in: float, R_out: float, max_bad_weight: float = 0.2):  # noqa: N803
+def degrade_resolution(
+    wave,
+    flux,
+    ivar,
+    R_in: float,  # noqa: N803 (R is the usual symbol)
+    R_out: float,  # noqa: N803
+    max_bad_weight: float = 0.2,
+    *,
+    segments=None,
+    gap_factor: float | None = 2.0,
+):
     """Convolve spectra with a Gaussian so that resolving power ``R_in`` becomes ``R_out``.
 
     The kernel has a constant width in ln λ, σ = sqrt(1/R_out² − 1/R_in²) / 2.3548 (Gaussian
@@ -28,8 +38,12 @@ def degrade_resolution(wave, flux, ivar, R_in: float, R_out: float, max_bad_weig
     each degraded only where the other is broader.
 
     Bad pixels (ivar = 0) get zero weight and the kernel is renormalised over the good ones;
-    an output pixel whose kernel has more than ``max_bad_weight`` of its weight on bad pixels
-    or beyond the ends of the spectrum gets ``ivar = 0`` (flux 1).
+    an output pixel whose kernel has more than ``max_bad_weight`` of its weight on bad pixels,
+    beyond the ends of the spectrum or inside a gap of the grid gets ``ivar = 0`` (flux 1).
+    A gap (between detector chips or arms) is a step between two of ``segments`` or one larger
+    than ``gap_factor`` times the local step (the median of the two steps on either side); the
+    pixels on its edges get the width of a local step, not half the gap, so the kernel weight
+    that falls into the gap is missing exactly as beyond the ends of the spectrum.
 
     Error propagation: var_out = Σ_q K_pq² var_q, exact for independent input pixels. It
     ignores the covariance the convolution creates between neighbouring output pixels (they
@@ -44,6 +58,10 @@ def degrade_resolution(wave, flux, ivar, R_in: float, R_out: float, max_bad_weig
         R_out: target resolving power, a number with ``0 < R_out < R_in``, or [P] with
             ``0 < R_out <= R_in`` at every pixel.
         max_bad_weight: fraction of kernel weight on bad/missing pixels beyond which the output is masked.
+        segments: ``(start, stop)`` pixel ranges of separately recorded pieces (chips, arms), e.g.
+            a reader's ``meta["segments"]``; the steps between them are gaps.
+        gap_factor: a step larger than this times the local step is a gap (> 1); ``None``
+            finds gaps from ``segments`` only.
 
     Returns:
         ``(flux_out, ivar_out)`` on the input grid, shaped like ``flux``.
@@ -67,7 +85,13 @@ def degrade_resolution(wave, flux, ivar, R_in: float, R_out: float, max_bad_weig
         raise ValueError(f"need 0 < R_out < R_in, got R_in={R_in!r}, R_out={R_out!r}")
     # σ = 0 (R_out == R_in): the pixel is its own output
     sigma = np.sqrt(np.maximum(1.0 / r_out**2 - 1.0 / r_in**2, 0.0)) * _FWHM_TO_SIGMA
-    dw = np.gradient(wave)  # pixel widths (quadrature weights)
+    # pixel widths (quadrature weights): half the step to each neighbour, as np.gradient, but a
+    # step across a gap counts as one local step, so no pixel stands in for the missing coverage
+    gap, local = grid_gaps(wave, gap_factor, segments)
+    step = np.where(gap, local, np.diff(wave))
+    dw = np.empty_like(wave)
+    dw[0], dw[-1] = step[0], step[-1]
+    dw[1:-1] = 0.5 * (step[:-1] + step[1:])
     sig_l = np.broadcast_to(wave * sigma, wave.shape)
     lo = np.searchsorted(wave, wave - 5 * sig_l, side="left")
     hi = np.searchsorted(wave, wave + 5 * sig_l, side="right")
