@@ -156,9 +156,15 @@ def _load_spectra(path, flux_key: str = "flux"):
     return sj.load_npz(path, flux_key=flux_key)
 
 
-def _npz_record(path, key: str) -> str | None:
+def _npz_record(path, key: str, flux_key: str = "flux") -> str | None:
     """A provenance entry of a spectra npz, where it has one: ``slamjax prep`` writes ``normalization``
-    (spline, median or none) and ``medium`` (air or vacuum); else None."""
+    (spline, median or none) and ``medium`` (air or vacuum); else None.
+
+    The ``normalization`` entry describes the npz's ``flux`` array only: for flux read from another
+    ``flux_key`` it says nothing (None). The ``medium`` describes the wavelength grid, shared by every
+    flux array of the file."""
+    if key == "normalization" and flux_key != "flux":
+        return None
     with np.load(path, allow_pickle=False) as data:
         if key not in data.files:
             return None
@@ -209,7 +215,14 @@ def _status_line(summary: dict) -> str:
 
 
 def _rate(n: int, seconds: float) -> str:
-    return f"{n / seconds:.0f} spectra/s" if seconds > 0 else "n/a"
+    """``n / seconds`` with 3 significant digits, without an exponent (``0.0123``, ``4.56``, ``1234``)."""
+    rate = n / seconds if seconds > 0 else float("nan")
+    if not np.isfinite(rate):
+        return "n/a"
+    if rate == 0:
+        return "0 spectra/s"
+    dec = max(0, 2 - int(np.floor(np.log10(rate))))
+    return f"{rate:.{dec}f} spectra/s"
 
 
 # ---------------------------------------------------------------------- commands

@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 EMULATORS = ("kernel", "cannon", "payne")
 _PIXEL_EMULATORS = ("kernel", "cannon")  # those with an exact per-pixel LOO CV MSE (diagnostics.cv_mse)
 SUMMARY = "summary.md"
+# every file diagnose may write: with overwrite they are removed first, so that no file of an earlier run
+# (e.g. one_to_one_kernel.png when this run has only the Cannon) stays mixed with this run's outputs
+OUTPUT_FILES = (
+    SUMMARY,
+    *(f"one_to_one_{em}.png" for em in EMULATORS),
+    "scatter_vs_snr.png",
+    "cod_spectra.png",
+    "cv_mse_spectra.png",
+)
 
 
 def check_out_dir(out_dir, overwrite: bool = False) -> Path:
@@ -131,6 +140,7 @@ class _Steps:
     """Wall time of each step, logged as it finishes."""
 
     rows: list = field(default_factory=list)
+    written: list = field(default_factory=list)  # paths of the plots written
 
     def run(self, what: str, fn, *args, **kwargs):
         logger.info("%s ...", what)
@@ -140,6 +150,11 @@ class _Steps:
         self.rows.append((what, seconds))
         logger.info("%s: %.1f s", what, seconds)
         return out
+
+    def plot(self, path: Path, fn, *args, **kwargs) -> None:
+        """Run the plotting step ``fn(*args, path, **kwargs)`` and remember ``path`` as written."""
+        self.run(f"plot {path.name}", fn, *args, path, **kwargs)
+        self.written.append(path)
 
 
 # ---------------------------------------------------------------------- the diagnosis
@@ -174,8 +189,9 @@ def diagnose(
        (:func:`slamjax.diagnostics.cod`) of the kernel emulator (the Cannon if the kernel is not
        among ``emulators``; none for the Payne alone) → ``cod_spectra.png``;
 
-    and writes ``summary.md`` linking the plots. Files of the same names in ``out_dir`` are
-    replaced (with ``overwrite``); other files there are left alone.
+    and writes ``summary.md`` linking the plots. With ``overwrite``, every file of these names
+    (``OUTPUT_FILES``, also those this run does not write) is first removed from ``out_dir``, so
+    no output of an earlier run remains; other files there are left alone.
 
     Arguments:
         ds: labelled spectra (labels finite for every star; Teff in K, others in dex).
@@ -200,6 +216,24 @@ def diagnose(
         FileExistsError: if ``out_dir`` is not empty and ``overwrite`` is False.
         ImportError: if matplotlib is not installed (checked before any work).
     """
+    return _run(
+        ds,
+        out_dir,
+        emulators=emulators,
+        k=k,
+        snr=snr,
+        seed=seed,
+        n_starts=n_starts,
+        dtype=dtype,
+        cod=cod,
+        overwrite=overwrite,
+    )[0]
+
+
+def _run(
+    ds: SpectrumSet, out_dir, *, emulators, k, snr, seed, n_starts, dtype, cod, overwrite
+) -> tuple[Path, list[Path]]:
+    """:func:`diagnose`; returns the path of ``summary.md`` and the paths of all files written, in order."""
     from . import diagnostics
     from .validate import cross_validate, snr_ladder
 
@@ -207,6 +241,9 @@ def diagnose(
     out = check_out_dir(out_dir, overwrite)
     _plot._require_matplotlib()
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
     # One dtype for every fit: the ladder's degraded spectra are float64 whatever the input, so with
     # dtype=None the CV (float32 for float32 data) and the ladder would be computed differently.
     if dtype is None:
@@ -229,13 +266,12 @@ def diagnose(
             **fit_kwargs,
         )
         res = cv[em].result
-        steps.run(
-            f"plot one_to_one_{em}.png",
+        steps.plot(
+            out / f"one_to_one_{em}.png",
             _plot.one_to_one,
             res.labels,
             cv[em].true,
             cv[em].label_names,
-            out / f"one_to_one_{em}.png",
             err=res.labels_err,
             status=res.status,
         )
@@ -268,13 +304,12 @@ def diagnose(
         except (RuntimeError, ValueError) as err:  # no convergence, or too few finite scatter values
             error_model_notes[em] = f"fit failed: {err}"
     if ladders:
-        steps.run(
-            "plot scatter_vs_snr.png",
+        steps.plot(
+            out / "scatter_vs_snr.png",
             _plot.scatter_vs_snr,
             rungs,
             {em: [[st[n]["scatter"] for n in labels] for st in ladder_stats[em]] for em in ladders},
             labels,
-            out / "scatter_vs_snr.png",
             bias={em: [[st[n]["bias"] for n in labels] for st in ladder_stats[em]] for em in ladders},
             models=error_models,
         )
@@ -288,7 +323,7 @@ def diagnose(
             ds,
             cod_em,
         )
-        steps.run("plot cod_spectra.png", _plot.cod_spectrum, ds.wave, cod_res, out / "cod_spectra.png")
+        steps.plot(out / "cod_spectra.png", _plot.cod_spectrum, ds.wave, cod_res)
 
     mse = {}
     for em in (e for e in names if e in _PIXEL_EMULATORS):
@@ -302,7 +337,7 @@ def diagnose(
 
         mse[em] = steps.run(f"{em} on all stars + LOO CV MSE per pixel", train_and_score)
     if mse:
-        steps.run("plot cv_mse_spectra.png", _plot.cv_mse_spectra, ds.wave, mse, out / "cv_mse_spectra.png")
+        steps.plot(out / "cv_mse_spectra.png", _plot.cv_mse_spectra, ds.wave, mse)
 
     total = time.perf_counter() - t_start
     text = _summary(
@@ -326,7 +361,7 @@ def diagnose(
     path = out / SUMMARY
     path.write_text(text, encoding="utf-8")
     logger.info("summary written to %s (%.1f s in all)", path, total)
-    return path
+    return path, [*steps.written, path]
 
 
 def _summary(

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,7 @@ def cmd_train(args) -> int:
     terms = parse_selection(args.select) if args.select is not None else None
     out = Path(args.out)
     out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as em.save names it
-    if out.exists() and not args.overwrite:  # before the training, not after it
-        raise FileExistsError(f"{out} exists; use --overwrite to replace it")
+    _check_output_file(out, args.overwrite, data)  # before the training, not after it
     ds = _load_spectra(data, args.flux_key)
     if ds.labels is None:
         raise ValueError(f"{data} has no labels to train on")
@@ -120,9 +120,25 @@ def cmd_train(args) -> int:
     if terms is not None:
         ds = apply_selection(ds, terms)
         print(f"selected {ds.n_spectra} of {n_all} spectra ({args.select})")
+    wanted = args.labels or ds.label_names  # an unknown name is the emulator's error to report
+    used = [i for i, name in enumerate(ds.label_names) if name in wanted]
+    bad = np.flatnonzero(~np.isfinite(ds.labels[:, used]).all(axis=1))
+    if bad.size:  # the emulators refuse them too, but after loading and with numpy reprs of the ids
+        raise ValueError(
+            f"{bad.size} of {ds.n_spectra} training stars have non-finite labels (first ids: "
+            f"{', '.join(str(i) for i in ds.ids[bad[:5]])}); remove them first, e.g. --select 'teff>0' drops "
+            "those with NaN teff"
+        )
+    if args.systematics is not None and args.systematics > ds.n_spectra:  # before the training, not after it
+        raise UsageError(
+            f"--systematics K must be at most the number of training stars ({ds.n_spectra}"
+            f"{' selected' if terms is not None else ''}), got {args.systematics}"
+        )
     # How the training flux was normalised goes into the model file; 'slamjax fit' compares it with
-    # the data's (mixed normalisations bias the labels: README, "Never mix normalisations").
-    normalization, norm_text = _npz_record(data, "normalization"), f"{data.name} says so (slamjax prep)"
+    # the data's (mixed normalisations bias the labels: README, "Never mix normalisations"). The npz's
+    # record describes its 'flux' array only: flux read from another key is recorded as unknown.
+    normalization = _npz_record(data, "normalization", args.flux_key)
+    norm_text = f"{data.name} says so (slamjax prep)"
     if args.normalize is not None:
         ds = _normalized(ds, args.normalize)
         normalization, norm_text = args.normalize, "--normalize"
@@ -165,6 +181,11 @@ def cmd_train(args) -> int:
     print(f"  labels         {', '.join(em.label_names)}")
     if normalization:
         print(f"  normalisation  {normalization} ({norm_text})")
+    elif args.flux_key != "flux" and _npz_record(data, "normalization") is not None:
+        print(
+            f"  normalisation  not recorded (the npz's record describes its 'flux', not '{args.flux_key}'; "
+            "--normalize spline|median sets it)"
+        )
     else:
         print("  normalisation  not recorded (the training npz does not say; --normalize spline|median sets it)")
     print(f"  wavelengths    {medium or 'medium not recorded (--air or --vacuum declares it)'}")
@@ -184,23 +205,34 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _check_catalog_path(out: Path, overwrite: bool) -> None:
-    if not out.name.lower().endswith(_FITS_SUFFIXES):
-        raise UsageError(f"--out must be a FITS file name ({', '.join(_FITS_SUFFIXES)}), got {out}")
+def _check_output_file(out: Path, overwrite: bool, *inputs) -> None:
+    """Refuse, before any work, an output file that is one of the ``inputs``, that exists (without
+    ``overwrite``), that is a directory, or whose directory does not exist."""
+    for path in inputs:
+        if out.exists() and Path(path).exists() and out.samefile(path):
+            raise ValueError(f"--out {out} is the input file {path}; writing it would replace the input")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory, not a file")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output directory {out.parent} does not exist")
 
 
+def _check_catalog_path(out: Path, overwrite: bool, *inputs) -> None:
+    if not out.name.lower().endswith(_FITS_SUFFIXES):
+        raise UsageError(f"--out must be a FITS file name ({', '.join(_FITS_SUFFIXES)}), got {out}")
+    _check_output_file(out, overwrite, *inputs)
+
+
 def cmd_fit(args) -> int:
     import slamjax as sj
 
     out = Path(args.out)
-    _check_catalog_path(out, args.overwrite)
+    _check_catalog_path(out, args.overwrite, args.model, args.data)
     em = sj.load_emulator(_check_npz(args.model, "a slamjax model file written by 'slamjax train'"))
     ds = _load_spectra(args.data, args.flux_key)
-    _check_records(args)
+    _check_records(args, ds)
     dtype = np.float32 if args.float32 else np.float64
     t0 = time.perf_counter()
     res = sj.fit_labels(
@@ -233,15 +265,17 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _check_records(args) -> None:
+def _check_records(args, ds) -> None:
     """Refuse to fit spectra whose recorded wavelength medium (air or vacuum) differs from the model's,
     or whose continuum normalisation does (unless ``--allow-normalization-mismatch``), where both files
-    say; a warning where only the spectra say."""
+    say; a warning where only one of them says, and where the model's training flux was normalised but
+    the spectra ``ds`` look unnormalised (median flux far from 1)."""
     from .emulators import read_header
 
     meta = read_header(args.model).get("meta", {})
     model = {key: meta.get(key) for key in ("normalization", "medium")}
-    data = {key: _npz_record(args.data, key) for key in model}
+    # the npz's normalisation record describes its 'flux' array: data read from another key are unrecorded
+    data = {key: _npz_record(args.data, key, args.flux_key) for key in model}
     if model["medium"] and data["medium"] and model["medium"] != data["medium"]:
         raise ValueError(
             f"{args.model} was trained on {model['medium']} wavelengths, {args.data} holds {data['medium']} "
@@ -263,6 +297,47 @@ def _check_records(args) -> None:
             args.model,
             " or ".join(unknown),
         )
+    unknown = [f"{key} ({model[key]} in the model)" for key in model if model[key] and not data[key]]
+    if unknown:
+        other_key = args.flux_key != "flux" and _npz_record(args.data, "normalization") is not None
+        logger.warning(
+            "%s does not record the %s of its spectra%s: if they differ from the model's training spectra, the "
+            "labels are biased ('slamjax prep' records them)",
+            args.data,
+            " or ".join(unknown),
+            f" (flux read from '{args.flux_key}'; its 'normalization' entry describes 'flux')" if other_key else "",
+        )
+    if norm_m and norm_m != "none":
+        n_odd, n_all = _unnormalized_count(ds)
+        if n_all and n_odd > n_all / 2:
+            logger.warning(
+                "!!! %d of %d spectra in %s have a median flux outside [%g, %g]: they look UNNORMALISED, but %s "
+                "was trained on flux normalised by %r. Mixed normalisations bias the labels (on MILES [Fe/H] by "
+                "~0.2 dex, see the README): normalise the spectra the same way (slamjax prep --normalize %s)",
+                n_odd,
+                n_all,
+                args.data,
+                *_NORMALIZED_MEDIAN,
+                args.model,
+                norm_m,
+                norm_m,
+            )
+
+
+_NORMALIZED_MEDIAN = (0.3, 3.0)  # the median of a continuum-normalised spectrum is near 1
+
+
+def _unnormalized_count(ds) -> tuple[int, int]:
+    """How many spectra of ``ds`` have a median flux (over their usable pixels) outside
+    ``_NORMALIZED_MEDIAN``, and of how many with any usable pixel."""
+    flux = np.asarray(ds.flux, dtype=float)
+    good = (np.asarray(ds.ivar) > 0) & np.isfinite(flux)
+    has = good.any(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: spectra without usable pixels
+        med = np.nanmedian(np.where(good, flux, np.nan)[has], axis=1)
+    lo, hi = _NORMALIZED_MEDIAN
+    return int(((med < lo) | (med > hi)).sum()), int(has.sum())
 
 
 class _StepLog:
@@ -322,7 +397,7 @@ def cmd_diagnose(args) -> int:
     )
     t0 = time.perf_counter()
     with _StepLog():
-        path = _diagnose.diagnose(
+        path, written = _diagnose._run(
             ds,
             out,
             emulators=args.emulators,
@@ -334,8 +409,10 @@ def cmd_diagnose(args) -> int:
             cod=args.cod,
             overwrite=args.overwrite,
         )
-    files = sorted(p.name for p in out.glob("*.png"))
-    print(f"wrote {path} and {', '.join(files)} in {out} ({time.perf_counter() - t0:.1f} s)")
+    plots = [p.name for p in written if p != path]  # this run's files only, not those already in --out
+    print(
+        f"wrote {path}{' and ' + ', '.join(plots) + f' in {out}' if plots else ''} ({time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 
@@ -426,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_int_at_least(1),
         default=None,
-        help="batches fitted at once by threads (default: the CPU cores available, at most 8; 1 on a GPU)",
+        help="batches fitted at once by threads (default: 1 for the Cannon, whose large matrix products already use "
+        "every core; otherwise the CPU cores available, at most 8; 1 on a GPU)",
     )
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     p.add_argument("--flux-key", default="flux", help="npz key of the flux array (default flux)")

@@ -8,6 +8,7 @@ import io
 import logging
 import sys
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -416,3 +417,144 @@ def test_train_payne_option(tmp_path, capsys):
     assert "PayneEmulator" in out and "validation residuals" in out
     em = sj.load_emulator(model)
     assert isinstance(em, sj.PayneEmulator) and em.label_names == ("teff", "logg", "fe_h")
+
+
+# ---------------------------------------------------------------------- records, checks before work
+@pytest.fixture(scope="module")
+def rec_data(tmp_path_factory):
+    """40 stars x 200 pixels as 'slamjax prep' would record them (normalization spline, medium air), plus a
+    second flux array 'flux_unnorm' (the flux x 1000: unnormalised) that the normalisation record does not
+    describe."""
+    ds = sj.data.load_sample()
+    ds, px = ds[np.linspace(0, ds.n_spectra - 1, 40).astype(int)], slice(1500, 1700)
+    path = tmp_path_factory.mktemp("rec") / "rec.npz"
+    np.savez(
+        path,
+        wave=ds.wave[px],
+        flux=ds.flux[:, px],
+        flux_unnorm=ds.flux[:, px] * 1000.0,
+        ivar=ds.ivar[:, px],
+        labels=ds.labels,
+        label_names=np.array(ds.label_names),
+        ids=ds.ids,
+        normalization=np.array("spline"),
+        medium=np.array("air"),
+    )
+    return path
+
+
+def test_train_flux_key_ignores_the_flux_normalization_record(rec_data, tmp_path, capsys):
+    """The npz's 'normalization' describes its 'flux': training on --flux-key flux_unnorm records none
+    (the medium describes the wavelengths and is kept)."""
+    model = tmp_path / "m.npz"
+    args = ["train", str(rec_data), "-o", str(model), "--emulator", "cannon", "--order", "1"]
+    assert main([*args, "--flux-key", "flux_unnorm"]) == 0
+    out = capsys.readouterr().out
+    assert "normalisation  not recorded (the npz's record describes its 'flux', not 'flux_unnorm'" in out
+    assert sj.emulators.read_header(model)["meta"] == {"training_data": "rec.npz", "medium": "air"}
+    # --normalize still records what it did; the default key keeps the npz's record
+    assert main([*args, "--flux-key", "flux_unnorm", "--normalize", "median", "--overwrite"]) == 0
+    assert sj.emulators.read_header(model)["meta"]["normalization"] == "median"
+    assert main([*args, "--overwrite"]) == 0
+    assert "normalisation  spline (rec.npz says so" in capsys.readouterr().out
+    assert sj.emulators.read_header(model)["meta"]["normalization"] == "spline"
+
+
+def test_fit_flux_key_data_are_unrecorded(rec_data, tmp_path, capsys, caplog):
+    """fit --flux-key X: the npz's normalisation record (of 'flux') does not describe X, so a model normalised
+    otherwise is not refused for it, only warned about; with the default key the mismatch is refused."""
+    model = tmp_path / "m.npz"
+    argv = ["train", str(rec_data), "-o", str(model), "--emulator", "cannon", "--order", "1", "--normalize", "median"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    fit = ["fit", str(model), str(rec_data), "--n-starts", "1"]
+    assert main([*fit, "-o", str(tmp_path / "a.fits")]) == 1
+    assert "normalised by 'median'" in (err := _one_error_line(capsys)) and "by 'spline'" in err
+    with caplog.at_level(logging.WARNING, logger="slamjax.cli"):
+        assert main([*fit, "-o", str(tmp_path / "b.fits"), "--flux-key", "flux_unnorm"]) == 0
+    assert "does not record the normalization (median in the model) of its spectra" in caplog.text
+    assert "flux read from 'flux_unnorm'" in caplog.text
+    assert len(Table.read(tmp_path / "b.fits")) == 40
+
+
+def test_fit_warns_when_only_the_model_records_and_on_unnormalised_flux(rec_data, tmp_path, capsys, caplog):
+    """The provenance warning is symmetric (model records, data do not), and a model trained on normalised
+    flux warns loudly about spectra whose median flux is far from 1."""
+    model = tmp_path / "m.npz"
+    assert main(["train", str(rec_data), "-o", str(model), "--emulator", "cannon", "--order", "1"]) == 0
+    capsys.readouterr()
+    ds = sj.load_npz(rec_data)
+    plain, unnorm = tmp_path / "plain.npz", tmp_path / "unnorm.npz"
+    sj.SpectrumSet(ds.wave, ds.flux, ds.ivar).save_npz(plain)  # no records
+    sj.SpectrumSet(ds.wave, ds.flux * 1000.0, ds.ivar * 1e-6).save_npz(unnorm)
+    fit = ["fit", str(model), "--n-starts", "1"]
+    with caplog.at_level(logging.WARNING, logger="slamjax.cli"):
+        assert main([*fit, str(plain), "-o", str(tmp_path / "a.fits")]) == 0
+    assert "does not record the normalization (spline in the model) or medium (air in the model)" in caplog.text
+    assert "UNNORMALISED" not in caplog.text  # median flux ~1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slamjax.cli"):
+        assert main([*fit, str(unnorm), "-o", str(tmp_path / "b.fits")]) == 0
+    assert "40 of 40 spectra" in caplog.text and "UNNORMALISED" in caplog.text
+    assert "normalised by 'spline'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slamjax.cli"):  # the recorded data: nothing to warn about
+        assert main([*fit, str(rec_data), "-o", str(tmp_path / "c.fits")]) == 0
+    assert not [r for r in caplog.records if r.name == "slamjax.cli"]
+
+
+def test_train_checks_before_training(rec_data, tmp_path, capsys, monkeypatch):
+    """A missing output directory, --systematics K above the number of (selected) stars, an output that
+    is the input, and NaN labels are refused before any training (no training is run at all here)."""
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the checks")
+
+    monkeypatch.setattr(sj.CannonEmulator, "train", no_training)
+    args = ["train", str(rec_data), "--emulator", "cannon"]
+    assert main([*args, "-o", str(tmp_path / "nodir" / "m.npz")]) == 1
+    assert f"output directory {tmp_path / 'nodir'} does not exist" in _one_error_line(capsys)
+    assert main([*args, "-o", str(tmp_path / "m.npz"), "--systematics", "41"]) == 2
+    assert "--systematics K must be at most the number of training stars (40), got 41" in _one_error_line(capsys)
+    assert main([*args, "-o", str(tmp_path / "m.npz"), "--systematics", "30", "--select", "teff>6000"]) == 2
+    assert "stars (" in (err := _one_error_line(capsys)) and "selected), got 30" in err
+    assert not (tmp_path / "m.npz").exists()
+    # the output is the input: refused even with --overwrite
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(rec_data.read_bytes())
+    assert main(["train", str(copy), "-o", str(copy), "--overwrite", "--emulator", "cannon"]) == 1
+    assert "is the input file" in _one_error_line(capsys)
+    assert copy.read_bytes() == rec_data.read_bytes()
+    # non-finite labels: plain ids in the message, no numpy reprs
+    with np.load(rec_data) as f:
+        arrays = dict(f)
+    arrays["labels"] = arrays["labels"].copy()
+    arrays["labels"][3, 1] = np.nan
+    nan_data = tmp_path / "nan.npz"
+    np.savez(nan_data, **arrays)
+    assert main(["train", str(nan_data), "-o", str(tmp_path / "m.npz"), "--emulator", "cannon"]) == 1
+    err = _one_error_line(capsys)
+    assert f"1 of 40 training stars have non-finite labels (first ids: {arrays['ids'][3]})" in err
+    assert "np." not in err
+
+
+def test_rate_significant_digits():
+    from slamjax._cli_common import _rate
+
+    assert _rate(3, 9.0) == "0.333 spectra/s"  # was "0 spectra/s"
+    assert _rate(434, 10.0) == "43.4 spectra/s"
+    assert _rate(6000, 1.0) == "6000 spectra/s"
+    assert _rate(5, 0.0) == "n/a"
+
+
+def test_fit_workers_help_and_readme_synopsis(capsys):
+    """--workers' help states the Cannon's default of 1 (fit_labels' default for linear emulators); the
+    README's demo synopsis lists the payne emulator and --quick, which the command accepts."""
+    assert main(["fit", "-h"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: 1 for the Cannon" in help_text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    demo = next(line for line in readme.splitlines() if line.startswith("slamjax demo "))
+    assert "--emulator kernel|cannon|payne" in demo and "--quick" in demo
+    assert main(["demo", "--emulator", "payne", "--quick", "-h"]) == 0
+    capsys.readouterr()

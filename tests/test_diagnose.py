@@ -221,19 +221,29 @@ def _one_error_line(capsys) -> str:
 
 
 def test_cli_diagnose_overwrite(small_file, tmp_path, capsys):
+    """--overwrite removes the outputs of an earlier run (here a kernel run's plots) before writing, keeps
+    other files, and reports only the files this run wrote."""
     pytest.importorskip("matplotlib")
     out = tmp_path / "diag"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    (out / "keep.png").write_bytes(PNG_MAGIC)
+    stale = ("one_to_one_kernel.png", "scatter_vs_snr.png", "cv_mse_spectra.png")
+    for name in stale:
+        (out / name).write_bytes(b"stale")
     argv = ["diagnose", str(small_file), "--out", str(out), "--emulators", "cannon", "--k", str(K), "--snr", ""]
     assert main(argv) == 1
     assert "--overwrite" in _one_error_line(capsys)
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["keep.txt", "keep.png", *stale])
 
     assert main([*argv, "--overwrite"]) == 0
     stdout = capsys.readouterr().out
     assert "60 stars, 500 pixels" in stdout and str(out / "summary.md") in stdout
-    assert (out / "keep.txt").read_text() == "mine"
+    wrote = next(line for line in stdout.splitlines() if line.startswith("wrote "))
+    plots = "one_to_one_cannon.png, cod_spectra.png, cv_mse_spectra.png"
+    assert wrote.startswith(f"wrote {out / 'summary.md'} and {plots} in")
+    assert "keep.png" not in wrote and "one_to_one_kernel.png" not in wrote
+    assert (out / "keep.txt").read_text() == "mine" and (out / "keep.png").read_bytes() == PNG_MAGIC
     for name in ("one_to_one_cannon.png", "cv_mse_spectra.png", "cod_spectra.png"):
         assert _is_png(out / name), name
     assert not (out / "scatter_vs_snr.png").exists() and not (out / "one_to_one_kernel.png").exists()
