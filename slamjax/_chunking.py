@@ -114,7 +114,9 @@ def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
         args = dict(common, max_steps=np.int32(max_steps))
         for key, value in rows.items():
             fill = 1.0 if key == "flux" else 0.0
-            args[key] = _pad(value[i0:i1], pad, fill).astype(dtype, copy=False)
+            # "max_steps" as a row: a step budget per spectrum (padding rows: none)
+            cast = np.int32 if key == "max_steps" else dtype
+            args[key] = _pad(value[i0:i1], pad, fill).astype(cast, copy=False)
         if settings.get("nuis") is not None:
             return _fit_chunk_nuisance(em, args, nuis=settings["nuis"], **kw)
         return _fit_chunk(em, args, **kw, **check)

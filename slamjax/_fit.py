@@ -94,7 +94,7 @@ def fit_labels(
             no prior on that label). With a prior the labels are MAP estimates.
         box_margin: labels are kept inside the training label box widened by this
             fraction of its width on each side; a solution on that edge gets status
-            ``HIT_BOUND``.
+            ``HIT_BOUND`` (negative: a narrower box; > −0.5).
         max_steps: LM step limit per start (``MAX_STEPS`` status when reached).
         tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
             the minimum in units of the label errors); default 1e-6 (float64) or 1e-3
@@ -175,8 +175,17 @@ def fit_labels(
         ids = ds.ids if ids is None else ids
     if ivar is None:
         raise ValueError("ivar is required (use ivar = 0 for bad pixels)")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    real = isinstance(box_margin, (int, float, np.integer, np.floating)) and not isinstance(box_margin, bool)
+    if not real or not (np.isfinite(box_margin) and box_margin > -0.5):  # > -0.5: the box is not empty
+        raise ValueError(f"box_margin must be a finite number > -0.5, got {box_margin!r}")
+    if isinstance(continuum, bool):
+        raise ValueError(f"continuum must be a polynomial degree (an integer >= 0) or None, got {continuum!r}")
     flux = np.asarray(flux)
     ivar = np.asarray(ivar)
+    if np.iscomplexobj(flux) or np.iscomplexobj(ivar):
+        raise ValueError("flux and ivar must be real")
     if flux.ndim == 1:
         flux, ivar = flux[None], ivar.reshape(1, -1)
     if flux.ndim != 2 or flux.shape[1] != em.n_pixels:
@@ -189,6 +198,8 @@ def fit_labels(
         if np.any(np.isnan(ivar)):
             raise ValueError("ivar contains NaN (use ivar = 0 for bad pixels)")
         raise ValueError("ivar contains negative values")
+    if not np.isfinite(ivar.max()):  # no NaN here, so the maximum is inf only if some ivar is
+        raise ValueError("ivar contains inf (a pixel without noise); give finite inverse variances")
     if not np.all(np.isfinite(flux)):
         n_nonfinite = int(np.sum(~np.isfinite(flux) & (ivar > 0)))
         if n_nonfinite:
@@ -243,12 +254,13 @@ def fit_labels(
         templates_z = (templates - mean) / scale
     else:
         starts = np.asarray(init, dtype=np.float64)
+        shape_ok = {1: starts.shape == (n_lab,), 2: starts.shape == (n, n_lab), 3: starts.shape[::2] == (n, n_lab)}
+        if not shape_ok.get(starts.ndim, False) or starts.size == 0:
+            raise ValueError(f"init array must be [L], [N, L] or [N, S, L] with N={n}, L={n_lab}; got {np.shape(init)}")
         if starts.ndim == 1:
             starts = np.broadcast_to(starts, (n, n_lab))
         if starts.ndim == 2:
             starts = starts[:, None, :]
-        if starts.shape[0] != n or starts.shape[2] != n_lab or starts.ndim != 3:
-            raise ValueError(f"init array must be [L], [N, L] or [N, S, L] with N={n}, L={n_lab}; got {np.shape(init)}")
         if not np.all(np.isfinite(starts)):
             raise ValueError("init contains non-finite labels")
         starts = (starts - mean) / scale
@@ -323,20 +335,21 @@ def fit_labels(
     )
     cat = _run_chunks(em_c, rows, common, n_starts, first, settings, snr=True)
     alt_z, alt_better = cat.pop("alt_z", None), cat.pop("alt_better", None)
-    if alt_better is not None and alt_better.any():
-        _refit_from_alternatives(em_c, cat, rows, common, alt_z, np.flatnonzero(alt_better), first, settings)
+    alt = np.flatnonzero(alt_better) if alt_better is not None else np.zeros(0, np.int64)
     redo = np.flatnonzero(
         ~cat["converged"] & (cat["status"] != Status.BAD_INPUT) & (cat["status"] != Status.NON_FINITE)
     )
-    if max_steps > first and redo.size:
-        if nuis is None:
-            sub = _fit_subset(em_c, rows, common, redo, cat["z"][redo], max_steps - first, settings)
-        else:
-            extra = {"v0": cat["v0"][redo]}
-            sub = _fit_subset(em_c, rows, common, redo, cat["x"][redo], max_steps - first, settings, extra)
+    if max_steps <= first:
+        redo = redo[:0]
+    if nuis is None and (alt.size or redo.size):
+        _second_phase(em_c, cat, rows, common, redo, alt, alt_z, first, max_steps, settings)
+    elif redo.size:  # nuisance fits (no checked starts)
+        extra = {"v0": cat["v0"][redo]}
+        sub = _fit_subset(em_c, rows, common, redo, cat["x"][redo], max_steps - first, settings, extra)
+        steps = cat["n_steps"][redo] + sub["n_steps"]
         for k, v in sub.items():
             cat[k][redo] = v
-        cat["n_steps"][redo] += first
+        cat["n_steps"][redo] = steps
 
     z = cat["z"].astype(np.float64)
     labels = z * scale + mean
@@ -361,40 +374,67 @@ def fit_labels(
         n_steps=cat["n_steps"].astype(np.int32),
         status=status,
         snr=cat["snr"].astype(np.float64),
-        model_flux=cat["model"] if return_model else None,
+        model_flux=_without_bad_rows(cat["model"], bad) if return_model else None,
         ids=ids,
         label_names=em.label_names,
         **extra,
     )
 
 
+def _without_bad_rows(model, bad):
+    """The model fluxes with NaN in the rows of spectra that were not fitted (BAD_INPUT)."""
+    if bad.any():
+        model = np.array(model, dtype=np.result_type(model.dtype, np.float32))
+        model[bad] = np.nan
+    return model
+
+
 def _fit_subset(em, rows, common, idx, start, budget, settings, extra=None):
     """Fit the spectra ``idx`` of ``rows`` again, each from one start ``start`` [len(idx), ·]
-    (``extra``: further per-row inputs), with ``budget`` steps and no templates; the chunk outputs.
-    Power-of-two batch shapes of at least 16: the number of such spectra varies from call to call,
-    and each new shape would compile again; padding this small subset costs little."""
+    (``extra``: further per-row inputs), with ``budget`` steps (a number, or one per row) and no
+    templates; the chunk outputs. Power-of-two batch shapes of at least 16: the number of such
+    spectra varies from call to call, and each new shape would compile again; padding this small
+    subset costs little."""
     sub_rows = {k: v[idx] for k, v in rows.items() if k != "starts"} | (extra or {})
     sub_rows["starts"] = start[:, None, :]
+    if np.ndim(budget):
+        sub_rows["max_steps"] = np.asarray(budget, np.int32)
+        budget = int(np.max(budget))
     plain = {k: v for k, v in common.items() if not k.startswith("templates")}
     once = settings | {"progress": False, "pow2": True, "check_starts": False}
     return _run_chunks(em, sub_rows, plain, 1, budget, once, snr=False)
 
 
-def _refit_from_alternatives(em, cat, rows, common, alt_z, idx, budget, settings):
-    """Fit the spectra ``idx`` again from their checked alternative starts ``alt_z`` (standardised
-    labels) and keep, per spectrum, the fit with the lower objective (χ² plus prior); the steps of
-    both count. Updates ``cat`` (the chunk outputs of all spectra) in place."""
-    sub = _fit_subset(em, rows, common, idx, alt_z[idx], budget, settings)
-
-    def objective(z, chi2):
-        return chi2 + np.sum(rows["prior_p"][idx] * (z - rows["prior_m"][idx]) ** 2, axis=1)
-
-    new, old = objective(sub["z"], sub["chi2"]), objective(cat["z"][idx], cat["chi2"][idx])
-    lower = (new < old) | (np.isfinite(new) & ~np.isfinite(old))
-    steps = cat["n_steps"][idx] + sub["n_steps"]
+def _second_phase(em, cat, rows, common, redo, alt, alt_z, first, max_steps, settings):
+    """The fits after the first ``first`` steps, in ONE compiled call: the spectra ``redo`` (not
+    converged) continue from their point with the remaining ``max_steps − first`` steps, and the
+    spectra ``alt`` are fitted afresh (``max_steps`` steps) from their checked alternative starts
+    ``alt_z`` (standardised labels), keeping per spectrum the fit with the lower objective (χ² plus
+    prior); the steps of every fit of a spectrum count. Updates ``cat`` (the chunk outputs of all
+    spectra) in place. (Two calls, one per kind, cost ~1.5 ms more per ``fit_labels`` call: each
+    small padded batch runs as many LM iterations as its slowest member.)"""
+    idx = np.concatenate([redo, alt])
+    start = np.concatenate([cat["z"][redo]] + ([alt_z[alt]] if alt.size else []))
+    budget = np.concatenate([np.full(redo.size, max_steps - first), np.full(alt.size, max_steps)])
+    sub = _fit_subset(em, rows, common, idx, start, budget, settings)
+    n_redo = redo.size
+    steps = cat["n_steps"][redo] + sub["n_steps"][:n_redo]
     for k, v in sub.items():
-        cat[k][idx[lower]] = v[lower]
-    cat["n_steps"][idx] = steps
+        cat[k][redo] = v[:n_redo]
+    cat["n_steps"][redo] = steps
+    if alt.size:
+        new_steps = sub["n_steps"][n_redo:]
+
+        def objective(z, chi2):
+            return chi2 + np.sum(rows["prior_p"][alt] * (z - rows["prior_m"][alt]) ** 2, axis=1)
+
+        new = objective(sub["z"][n_redo:], sub["chi2"][n_redo:])
+        old = objective(cat["z"][alt], cat["chi2"][alt])
+        lower = (new < old) | (np.isfinite(new) & ~np.isfinite(old))
+        steps = cat["n_steps"][alt] + new_steps
+        for k, v in sub.items():
+            cat[k][alt[lower]] = v[n_redo:][lower]
+        cat["n_steps"][alt] = steps
 
 
 def _prepared(em, dtype) -> dict:

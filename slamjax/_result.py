@@ -22,7 +22,8 @@ class Status(enum.IntEnum):
     HIT_BOUND (2): the best point lies on the edge of the allowed label box (training
         box widened by ``box_margin``); the true optimum is probably outside it.
     BAD_INPUT (3): fewer than L + 1 usable pixels (all masked, NaN flux ...); labels NaN.
-    NON_FINITE (4): the fit produced non-finite labels, χ² or covariance.
+    NON_FINITE (4): the fit produced non-finite labels, χ² or covariance (e.g. an overflowing model);
+        whatever labels it reports are not a fit: select on ``status``, not on finite labels.
     """
 
     CONVERGED = 0
@@ -32,12 +33,54 @@ class Status(enum.IntEnum):
     NON_FINITE = 4
 
 
+# Catalog columns other than the labels: a label may not take these names (nor ``<label>_err``
+# another label's name), or to_table would overwrite one column with another.
+CATALOG_COLUMNS = (
+    "id",
+    "cov",
+    "chi2",
+    "rchi2",
+    "n_pixels",
+    "n_steps",
+    "snr",
+    "status",
+    "rv",
+    "rv_err",
+    "continuum",
+    "continuum_err",
+    "cov_full",
+    "model_flux",
+)
+
+
+def check_label_names(names) -> None:
+    """Raise ValueError for label names that cannot be catalog columns: empty, duplicate,
+    containing a comma (the LABELS keyword lists them comma-separated), a name of another
+    catalog column (:data:`CATALOG_COLUMNS`), or ``<label>_err`` of another label."""
+    names = tuple(names)
+    bad = [n for n in names if not isinstance(n, str) or not n or "," in n]
+    if bad:
+        raise ValueError(f"label names must be non-empty strings without commas, got {bad}")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate label names {dup}: each label can be used once")
+    taken = sorted(set(names) & set(CATALOG_COLUMNS))
+    if taken:
+        cols = ", ".join(CATALOG_COLUMNS)
+        raise ValueError(f"label names {taken} are catalog columns of their own ({cols}); rename them")
+    clash = sorted(n for n in names if n.endswith("_err") and n[: -len("_err")] in names)
+    if clash:
+        raise ValueError(f"label names {clash} clash with the error columns of the labels {[c[:-4] for c in clash]}")
+
+
 class FitResult(eqx.Module):
     """Labels fitted to N spectra (numpy arrays; labels in physical units).
 
     Attributes:
         labels: best-fit (MAP if a prior was given) labels [N, L].
-        cov: covariance [N, L, L] = (JᵀWJ + prior precision)⁻¹ at the solution.
+        cov: covariance [N, L, L]: the formal (JᵀWJ + prior precision)⁻¹ at the solution, plus
+            the emulator's systematic label covariance at the fitted labels where the fit added it
+            (``fit_labels(systematics=True)``, the default, for an emulator that has one).
         chi2: data χ² [N] = Σ w (f - model)², w = 1/(σ_obs² + σ_model²) (prior excluded).
         n_pixels: pixels used [N] (ivar > 0, finite flux, finite model variance).
         n_steps: Levenberg-Marquardt steps of the selected start [N].
@@ -75,7 +118,8 @@ class FitResult(eqx.Module):
 
     @property
     def labels_err(self) -> np.ndarray:
-        """Formal 1σ errors [N, L]: sqrt of the covariance diagonal."""
+        """1σ errors [N, L]: sqrt of the diagonal of ``cov`` (formal errors, plus the emulator's
+        systematics where the fit added them)."""
         return np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2))
 
     @property
@@ -110,6 +154,7 @@ class FitResult(eqx.Module):
         snr = self.snr if snr is None else np.asarray(snr, dtype=np.float64)
         if ids.shape != (n,) or snr.shape != (n,):
             raise ValueError(f"ids and snr must have shape ({n},)")
+        check_label_names(self.label_names)
         tab = Table()
         tab["id"] = np.asarray(ids).astype(str)
         err = self.labels_err

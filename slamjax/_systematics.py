@@ -78,6 +78,7 @@ def estimate(res, true, subtract_cov: bool, scale, what: str, *, model="auto", k
         k=k,
         log_var=None if log_var is None else jnp.asarray(log_var),
         degree=DEGREE,
+        label_names=None if getattr(res, "label_names", None) is None else tuple(res.label_names),
     )
 
 

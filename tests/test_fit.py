@@ -386,6 +386,35 @@ def test_input_validation(cannon):
         sj.fit_labels(cannon, other)
     with pytest.raises(ValueError, match="dtype"):
         sj.fit_labels(cannon, flux, ivar, dtype=np.float16)
+    bad_ivar = ivar.copy()
+    bad_ivar[1, 5] = np.inf  # a noiseless pixel would dominate χ² (and gave finite labels with status 4)
+    with pytest.raises(ValueError, match="inf"):
+        sj.fit_labels(cannon, flux, bad_ivar)
+    with pytest.raises(ValueError, match="real"):
+        sj.fit_labels(cannon, flux.astype(complex), ivar)
+    for steps in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_steps"):
+            sj.fit_labels(cannon, flux, ivar, max_steps=steps)
+    for margin in (-0.6, np.nan, np.inf, "0.1"):
+        with pytest.raises(ValueError, match="box_margin"):
+            sj.fit_labels(cannon, flux, ivar, box_margin=margin)
+    with pytest.raises(ValueError, match="continuum"):
+        sj.fit_labels(cannon, flux, ivar, continuum=True)
+    # an init of the wrong length says what an init is (was numpy's broadcasting error)
+    for init in ([5000.0, 4.0], np.zeros((3, 2)), np.zeros((2, 3)), np.zeros((3, 2, 2))):
+        with pytest.raises(ValueError, match="init array must be"):
+            sj.fit_labels(cannon, flux, ivar, init=init)
+
+
+def test_rows_that_are_not_fitted_have_no_model_flux(cannon):
+    truth = interior_labels(cannon, 3, seed=103)
+    flux, ivar, _ = simulate(cannon, truth, 50, seed=104)
+    ivar[1] = 0.0
+    res = sj.fit_labels(cannon, flux, ivar)
+    assert res.status[1] == Status.BAD_INPUT
+    assert np.all(np.isnan(res.model_flux[1])) and np.all(np.isnan(res.labels[1]))
+    assert np.all(np.isfinite(res.model_flux[[0, 2]]))
+    np.testing.assert_allclose(res.model_flux[[0, 2]], np.asarray(cannon.predict(res.labels[[0, 2]])), atol=1e-10)
 
 
 def test_spectrum_set_input_carries_ids(cannon):
@@ -525,3 +554,17 @@ def test_default_tolerance_is_within_a_hundredth_of_sigma_of_the_tight_minimum(g
     assert np.all(default.chi2 - tight.chi2 >= -1e-9 * tight.chi2)
     assert np.all(default.chi2 - tight.chi2 < 1e-4)
     assert np.mean(default.n_steps) < np.mean(tight.n_steps)
+
+
+def test_fits_that_need_more_than_the_first_step_budget_continue(cannon):
+    """Fits not converged after the first budget of steps continue in a second call (also for
+    emulators without checked starts, where an earlier version crashed)."""
+    truth = interior_labels(cannon, 6, seed=105)
+    flux, ivar, _ = simulate(cannon, truth, 100, seed=106)
+    ref = sj.fit_labels(cannon, flux, ivar)
+    far = sj.fit_labels(cannon, flux, ivar, init=np.asarray(cannon.space.lo), n_starts=1)
+    never = sj.fit_labels(cannon, flux, ivar, tol=1e-30, max_steps=30)  # the decrement never gets that small
+    assert np.all(never.n_steps > 10) and np.all(never.n_steps <= 30)
+    for res in (far, never):
+        assert np.all(res.status <= Status.MAX_STEPS)
+        assert_close_scaled(res.labels, ref.labels, cannon, 1e-3)

@@ -58,3 +58,29 @@ def test_read_rejects_foreign_table(tmp_path):
 def test_summary_counts(result):
     s = result.summary()
     assert s["BAD_INPUT"] == 1 and sum(s.values()) == 8
+
+
+def test_label_names_that_would_overwrite_catalog_columns_are_refused(cannon, sample):
+    """A label named like a catalog column (``snr``, ``rv``, ...) overwrote that column silently."""
+    from slamjax._result import check_label_names
+
+    for names in (("teff", "snr"), ("rv", "logg"), ("teff", "teff_err"), ("a,b", "c"), ("teff", "teff"), ("",)):
+        with pytest.raises(ValueError, match="label names"):
+            check_label_names(names)
+    check_label_names(("teff", "logg", "fe_h", "alpha_m"))
+    # at training time already (and a single string is not a list of names)
+    ds = sample[:40]
+    with pytest.raises(ValueError, match="duplicate label names"):
+        sj.CannonEmulator.train(ds, label_names=["teff", "logg", "teff"])
+    with pytest.raises(ValueError, match="no labels"):
+        sj.CannonEmulator.train(ds, label_names=[])
+    with pytest.raises(TypeError, match="sequence of names"):
+        sj.CannonEmulator.train(ds, label_names="teff")
+    # and when writing a catalog of a result made by hand
+    res = FitResult(
+        labels=np.zeros((1, 2)), cov=np.eye(2)[None], chi2=np.zeros(1), n_pixels=np.ones(1, int),
+        n_steps=np.ones(1, int), status=np.zeros(1, int), snr=np.full(1, 7.0), model_flux=None,
+        ids=np.array(["a"]), label_names=("teff", "snr"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="catalog columns"):
+        res.to_table()

@@ -113,6 +113,24 @@ def test_model_file_round_trip_and_older_files(cannon, tmp_path):
         cannon.with_systematics(np.eye(3))
 
 
+def test_systematics_of_another_label_order_are_refused(cannon, tmp_path):
+    """Systematics measured with labels (teff, logg, fe_h) attached to an emulator of (fe_h, logg, teff)
+    gave σ([Fe/H]) of hundreds of dex: the names travel with them (and through model files)."""
+    sys_err = sj.validate.label_systematics(cannon, _set(100, 4), snr=100, k=10)
+    assert sys_err.label_names == NAMES
+    other = sj.CannonEmulator.train(_set(300, 5, snr=400), label_names=["fe_h", "logg", "teff"])
+    with pytest.raises(ValueError, match="measured for the labels"):
+        other.with_systematics(sys_err)
+    back = sj.load_emulator(cannon.with_systematics(sys_err).save(tmp_path / "m.npz"))
+    assert back.space.systematics.label_names == NAMES
+    with pytest.raises(ValueError, match="measured for the labels"):
+        other.with_systematics(back.space.systematics)
+    with pytest.raises(ValueError, match="label names"):
+        LabelSystematics(
+            points=sys_err.points, excess=sys_err.excess, scale=sys_err.scale, k=10, label_names=("a", "b")
+        )
+
+
 def _heteroscedastic(n, seed, sd):
     """Held-out label errors d ~ N(0, C + s²(x)) with formal variances C and a known s(x) [n, L]."""
     rng = np.random.default_rng(seed)

@@ -109,6 +109,11 @@ def test_fit_error_model_recovers_coefficients_and_label_distance():
         np.testing.assert_allclose(model.coef[name], coef, rtol=1e-4)
     with pytest.raises(ValueError, match=">= 3"):
         sj.diagnostics.fit_error_model(snr[:2], scatter[:2], ("teff", "logg"))
+    # a transposed [L, K] scatter was reshaped into [K, L] and fitted silently
+    with pytest.raises(ValueError, match="scatter must be"):
+        sj.diagnostics.fit_error_model(snr[:3], scatter[:3].T, ("teff", "logg"))
+    with pytest.raises(ValueError, match="scatter must be"):
+        sj.diagnostics.fit_error_model(snr, scatter.T, ("teff", "logg"))
     d = sj.diagnostics.label_distance([[5000.0, 4.0], [5100.0, 4.2]], [[5100.0, 4.0], [5100.0, 4.0]], [100.0, 0.1])
     np.testing.assert_allclose(d, [1.0, 2.0])
 

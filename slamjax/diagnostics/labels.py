@@ -99,12 +99,19 @@ def fit_error_model(snr, scatter, label_names) -> ErrorModel:
     from scipy.optimize import curve_fit
 
     snr = np.asarray(snr, dtype=np.float64)
-    scatter = np.asarray(scatter, dtype=np.float64).reshape(snr.size, -1)
+    scatter = np.asarray(scatter, dtype=np.float64)
+    if snr.ndim != 1:
+        raise ValueError(f"snr must be 1-D [K], got shape {snr.shape}")
     if snr.size < 3:
         raise ValueError("need scatter at >= 3 S/N values to fit a, b, c")
-    names = tuple(label_names)
-    if len(names) != scatter.shape[1]:
-        raise ValueError(f"{len(names)} label names for {scatter.shape[1]} columns")
+    names = (label_names,) if isinstance(label_names, str) else tuple(label_names)
+    if scatter.ndim == 1 and len(names) == 1:
+        scatter = scatter[:, None]
+    if scatter.shape != (snr.size, len(names)):
+        raise ValueError(
+            f"scatter must be [K, L] = ({snr.size}, {len(names)}) for {snr.size} S/N values and the labels "
+            f"{list(names)}, got shape {scatter.shape}"
+        )
 
     def f(x, a, b, c):
         return a * np.exp(-b * x) + c

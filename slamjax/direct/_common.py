@@ -171,8 +171,9 @@ def training_arrays(ds, label_names=None):
     labels = np.stack([ds.label(n) for n in names], axis=1).astype(np.float64)
     bad = ~np.all(np.isfinite(labels), axis=1)
     if bad.any():
+        first = ", ".join(str(i) for i in ds.ids[bad][:5])
         raise ValueError(
-            f"{int(bad.sum())} training stars have non-finite labels (first ids: {list(ds.ids[bad][:5])}); "
+            f"{int(bad.sum())} training stars have non-finite labels (first ids: {first}); "
             "select the labelled stars first"
         )
     if ds.n_spectra < 10:

@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, Float
 from scipy.spatial import cKDTree
 
+from .._result import check_label_names
 from .._version import __version__
 
 __all__ = ["AbstractEmulator", "AbstractLinearEmulator", "LabelSpace", "LabelSystematics", "load_emulator"]
@@ -93,6 +94,9 @@ class LabelSystematics(eqx.Module):
     and is biased where the errors grow steeply towards the edges of the training set; the
     smooth form uses every held-out spectrum.
     :func:`slamjax.validate.cv_systematics` picks between them by held-out likelihood.
+
+    ``label_names``: the labels, in order, they were measured for (None in files written before
+    they were recorded); ``em.with_systematics`` refuses an emulator with other labels or order.
     """
 
     points: Float[Array, "V L"]
@@ -101,9 +105,12 @@ class LabelSystematics(eqx.Module):
     k: int = eqx.field(static=True)
     log_var: Float[Array, "L T"] | None = None
     degree: int = eqx.field(static=True, default=2)
+    label_names: tuple[str, ...] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         v, n_lab = self.points.shape
+        if self.label_names is not None and len(self.label_names) != n_lab:
+            raise ValueError(f"LabelSystematics: {len(self.label_names)} label names for {n_lab} labels")
         if self.excess.shape != (v, n_lab, n_lab) or self.scale.shape != (n_lab,):
             raise ValueError("LabelSystematics: points [V, L], excess [V, L, L] and scale [L] do not match")
         if not 1 <= self.k <= v:
@@ -195,11 +202,17 @@ def training_labels(ds, label_names=None) -> tuple[tuple[str, ...], np.ndarray]:
         raise TypeError(f"train expects a SpectrumSet, got {type(ds).__name__}")
     if ds.labels is None:
         raise ValueError("training set has no labels")
+    if isinstance(label_names, str):
+        raise TypeError(f"label_names must be a sequence of names, got the string {label_names!r}")
     names = tuple(label_names) if label_names is not None else ds.label_names
+    if not names:
+        raise ValueError("no labels to train on (label_names is empty)")
+    check_label_names(names)
     labels = np.stack([ds.label(n) for n in names], axis=1)
     if not np.all(np.isfinite(labels)):
         bad = np.flatnonzero(~np.all(np.isfinite(labels), axis=1))
-        raise ValueError(f"{bad.size} training stars have non-finite labels (first ids: {list(ds.ids[bad[:5]])})")
+        first = ", ".join(str(i) for i in ds.ids[bad[:5]])
+        raise ValueError(f"{bad.size} training stars have non-finite labels (first ids: {first})")
     return names, labels
 
 
@@ -290,6 +303,12 @@ class AbstractEmulator(eqx.Module):
             if systematics.points.shape[1] != self.n_labels:
                 raise ValueError(
                     f"systematics are for {systematics.points.shape[1]} labels, the emulator has {self.n_labels}"
+                )
+            names = systematics.label_names
+            if names is not None and tuple(names) != tuple(self.label_names):
+                raise ValueError(
+                    f"systematics were measured for the labels {list(names)}, the emulator has "
+                    f"{list(self.label_names)}: measure them with an emulator of the same labels in the same order"
                 )
         return _replace_systematics(self, systematics)
 
