@@ -95,7 +95,8 @@ def fit_labels(
         box_margin: labels are kept inside the training label box widened by this
             fraction of its width on each side; a solution on that edge gets status
             ``HIT_BOUND`` (negative: a narrower box; > −0.5).
-        max_steps: LM step limit per start (``MAX_STEPS`` status when reached).
+        max_steps: LM step limit per start (``MAX_STEPS`` status when reached); the two
+            screening steps of each start in a multi-start fit are taken even when it is smaller.
         tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
             the minimum in units of the label errors); default 1e-6 (float64) or 1e-3
             (float32).

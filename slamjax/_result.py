@@ -171,6 +171,13 @@ class FitResult(eqx.Module):
         for name in ("rv", "rv_err", "continuum", "continuum_err", "cov_full"):
             if getattr(self, name) is not None:
                 tab[name] = getattr(self, name)
+        # FITS TUNITn where the unit is certain: effective temperatures in K, velocities in km/s
+        for name in self.label_names:
+            if name.lower() in ("teff", "t_eff"):
+                tab[name].unit = tab[f"{name}_err"].unit = "K"
+        for name in ("rv", "rv_err"):
+            if name in tab.colnames:
+                tab[name].unit = "km / s"
         if model_flux:
             if self.model_flux is None:
                 raise ValueError("this result holds no model flux")

@@ -23,6 +23,7 @@ def test_table_columns_and_units(result):
     assert {"n_pixels", "n_steps", "snr", "status"} <= set(tab.colnames)
     assert len(tab) == 8 and tab["cov"].shape == (8, 3, 3)
     np.testing.assert_allclose(tab["teff"], result.labels[:, 0])  # Teff in K
+    assert str(tab["teff"].unit) == "K" and str(tab["teff_err"].unit) == "K" and tab["logg"].unit is None
     assert np.all(tab["teff"][tab["status"] == 0] > 3000)
     np.testing.assert_allclose(tab["teff_err"] ** 2, result.cov[:, 0, 0])
     assert tab["status"][2] == Status.BAD_INPUT and np.isnan(tab["teff"][2])

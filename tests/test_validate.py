@@ -127,3 +127,20 @@ def test_training_spread_shapes_and_pulls():
         # models trained on ~130 stars: formal errors slightly small; the spread moves pulls toward 1
         assert pulls[name]["combined"] < pulls[name]["formal"]
         assert 0.85 <= pulls[name]["combined"] <= 1.1
+
+
+def test_label_stats_counts_pulls_and_refuses_zero_errors():
+    rng = np.random.default_rng(3)
+    true = rng.normal(size=(400, 2))
+    err = np.full_like(true, 0.5)
+    pred = true + rng.normal(size=true.shape) * err
+    pred[0, 0] = np.nan  # a failed fit: excluded and counted
+    err[1, 1] = np.nan  # no error: its pull is excluded
+    st = sj.diagnostics.label_stats(pred, true, label_names=["a", "b"], err=err)
+    assert st["a"]["n"] == 399 and st["a"]["n_bad"] == 1 and st["a"]["n_pull"] == 399
+    assert st["b"]["n"] == 400 and st["b"]["n_pull"] == 399
+    for name in "ab":
+        assert 0.9 < st[name]["pull_std"] < 1.1 and abs(st[name]["pull_mean"]) < 0.15
+    err[2, 0] = 0.0  # an infinite pull used to vanish from the statistics
+    with pytest.raises(ValueError, match="err must be > 0"):
+        sj.diagnostics.label_stats(pred, true, err=err)

@@ -14,13 +14,14 @@ def label_stats(pred, true, snr=None, bins=None, label_names=None, err=None) -> 
 
     Arguments:
         pred, true: labels [N, L].
-        snr: optional S/N [N]; with ``bins`` (edges) the statistics are also given per bin.
+        snr: optional S/N [N]; with ``bins`` (edges) the statistics are also given per bin
+            (``snr`` alone changes nothing).
         label_names: names for the L columns (default ``"0"``, ``"1"``, ...).
-        err: optional 1σ errors [N, L]; adds ``pull_mean`` and ``pull_std`` of
-            (pred − true)/err.
+        err: optional 1σ errors [N, L] (not <= 0 where pred and true are finite); adds
+            ``pull_mean`` and ``pull_std`` of (pred − true)/err over the ``n_pull`` finite pulls.
 
     Returns:
-        ``{name: {"bias", "scatter", "mae", "n", "n_bad"[, "pull_mean", "pull_std"]}}``, and with bins a key
+        ``{name: {"bias", "scatter", "mae", "n", "n_bad"[, "pull_mean", "pull_std", "n_pull"]}}``, and with bins a key
         ``"bins"``: a list of ``{"lo", "hi", <name>: {...}}``.
     """
     pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
@@ -34,6 +35,9 @@ def label_stats(pred, true, snr=None, bins=None, label_names=None, err=None) -> 
         err = np.asarray(err, dtype=np.float64)
         if err.shape != pred.shape:
             raise ValueError(f"err shape {err.shape} != pred shape {pred.shape}")
+        zero = np.isfinite(pred - true) & (err <= 0)
+        if zero.any():  # a pull of ±inf would be dropped silently (NaN errors: excluded, see n_pull)
+            raise ValueError(f"err must be > 0 where pred and true are finite; {int(zero.sum())} values are <= 0")
 
     def stats(sel):
         out = {}
@@ -53,6 +57,7 @@ def label_stats(pred, true, snr=None, bins=None, label_names=None, err=None) -> 
                 pull = pull[np.isfinite(pull)]
                 out[name]["pull_mean"] = float(np.mean(pull)) if pull.size else float("nan")
                 out[name]["pull_std"] = float(np.std(pull, ddof=1)) if pull.size > 1 else float("nan")
+                out[name]["n_pull"] = int(pull.size)
         return out
 
     result = stats(np.ones(pred.shape[0], bool))
