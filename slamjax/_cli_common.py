@@ -172,6 +172,13 @@ def _npz_record(path, key: str, flux_key: str = "flux") -> str | None:
     return str(value) if value.ndim == 0 and value.dtype.kind in "US" else None
 
 
+def _prep_columns(path, n: int) -> dict[str, np.ndarray]:
+    """The per-spectrum quality entries ``slamjax prep`` writes (``ok``, ``n_bad``), as catalog
+    columns ``prep_ok``, ``prep_n_bad``, where the npz has them for its ``n`` spectra."""
+    with np.load(path, allow_pickle=False) as data:
+        return {f"prep_{k}": np.asarray(data[k]) for k in ("ok", "n_bad") if k in data.files and data[k].shape == (n,)}
+
+
 def _normalized(ds, method: str):
     """``ds`` with its flux normalised again by ``method`` (spline or median), as ``slamjax prep`` does."""
     from . import preprocess as pp

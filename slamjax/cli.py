@@ -32,6 +32,7 @@ from ._cli_common import (
     _parse_emulators,
     _parse_grid,
     _parse_snr,
+    _prep_columns,
     _print_stats,
     _rate,
     _split_names,
@@ -245,13 +246,20 @@ def cmd_fit(args) -> int:
         progress=args.progress,
     )
     seconds = time.perf_counter() - t0
-    res.write(out, overwrite=args.overwrite)
+    tab = res.to_table()
+    prep = _prep_columns(args.data, len(res))  # prep's quality flags travel with the fits
+    for name, values in prep.items():
+        tab[name] = values
+    tab.write(out, overwrite=args.overwrite)
 
     print(
         f"fitted {len(res)} spectra ({', '.join(em.label_names)}) in {seconds:.2f} s "
         f"({_rate(len(res), seconds)}; {np.dtype(dtype).name}; includes JIT compilation)"
     )
     print(f"status: {_status_line(res.summary())}")
+    if "prep_ok" in prep and not prep["prep_ok"].all():
+        n_flag = int((~prep["prep_ok"].astype(bool)).sum())
+        print(f"{n_flag} of {len(res)} spectra were flagged by slamjax prep (too many bad pixels; column prep_ok)")
     common = [name for name in res.label_names if ds.label_names and name in ds.label_names]
     if ds.labels is not None and common:
         from .diagnostics import label_stats

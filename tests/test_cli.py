@@ -558,3 +558,27 @@ def test_fit_workers_help_and_readme_synopsis(capsys):
     assert "--emulator kernel|cannon|payne" in demo and "--quick" in demo
     assert main(["demo", "--emulator", "payne", "--quick", "-h"]) == 0
     capsys.readouterr()
+
+
+def test_fit_carries_the_prep_quality_flags_into_the_catalog(rec_data, tmp_path, capsys):
+    """slamjax prep's per-spectrum 'ok' and 'n_bad' become catalog columns prep_ok, prep_n_bad (fit used to
+    drop them: a flagged spectrum's fit looked like any other)."""
+    model = tmp_path / "m.npz"
+    assert main(["train", str(rec_data), "-o", str(model), "--emulator", "cannon", "--order", "1"]) == 0
+    with np.load(rec_data) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = arrays["flux"].shape[0]
+    ok = np.arange(n) % 7 != 3
+    data = tmp_path / "flagged.npz"
+    np.savez(data, **arrays, ok=ok, n_bad=np.arange(n))
+    capsys.readouterr()
+    assert main(["fit", str(model), str(data), "-o", str(tmp_path / "c.fits"), "--n-starts", "1"]) == 0
+    assert f"{int((~ok).sum())} of {n} spectra were flagged by slamjax prep" in capsys.readouterr().out
+    tab = Table.read(tmp_path / "c.fits")
+    assert list(tab["id"]) == [str(i) for i in arrays["ids"]]
+    np.testing.assert_array_equal(np.asarray(tab["prep_ok"]), ok)
+    np.testing.assert_array_equal(np.asarray(tab["prep_n_bad"]), np.arange(n))
+    assert sj.FitResult.read(tmp_path / "c.fits").labels.shape == (n, 3)
+    # spectra without prep's entries: no such columns
+    assert main(["fit", str(model), str(rec_data), "-o", str(tmp_path / "d.fits"), "--n-starts", "1"]) == 0
+    assert "prep_ok" not in Table.read(tmp_path / "d.fits").colnames
