@@ -495,6 +495,14 @@ def _direct_starts(model, flux, ivar, em):
     missing = [n for n in em.label_names if n not in names]
     if missing:
         raise ValueError(f"init model predicts {list(names)}, not the emulator's labels {missing}")
+    wave = getattr(model, "wave", None)  # slamjax.direct models carry theirs
+    if wave is not None:
+        wave, em_wave = np.asarray(wave), np.asarray(em.wave)
+        if wave.shape != em_wave.shape or not np.allclose(wave, em_wave, rtol=1e-9, atol=0):
+            raise ValueError(
+                f"init model was trained on another wavelength grid ({wave.size} px, {wave[0]:.2f}-{wave[-1]:.2f} Å) "
+                f"than the emulator's ({em_wave.size} px, {em_wave[0]:.2f}-{em_wave[-1]:.2f} Å)"
+            )
     pred = np.asarray(model.predict(flux, ivar), dtype=np.float64)
     if pred.shape != (flux.shape[0], len(names)):
         raise ValueError(f"init model returned shape {pred.shape}, expected ({flux.shape[0]}, {len(names)})")

@@ -35,7 +35,8 @@ class SpectrumSet:
             be used for training.
         label_names: names of the L labels (required with ``labels``; unique).
         ids: optional identifiers [N] (defaults to ``"0"``, ``"1"``, ...).
-        meta: free-form dictionary (provenance, S/N, ...), copied.
+        meta: free-form dictionary (provenance, S/N, ...), copied. Arrays in it whose first
+            axis has length N are per-spectrum: a subset (``ds[index]``) takes their rows too.
 
     Non-finite flux values are never kept silently: such pixels get ``ivar = 0`` and
     ``flux = 1``; the number of pixels changed is logged and stored in
@@ -173,7 +174,12 @@ class SpectrumSet:
         index = np.asarray(np.arange(self.n_spectra)[index])
         if index.size == 0:
             raise ValueError("selection is empty")
-        meta = dict(self.meta)
+        # per-spectrum arrays in meta (load_npz puts e.g. snr, names, flux_true there) follow the rows
+        n = self.n_spectra
+        meta = {
+            k: v[index] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v
+            for k, v in self.meta.items()
+        }
         meta["n_nonfinite_flux"] = 0
         return SpectrumSet(
             self.wave,

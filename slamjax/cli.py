@@ -198,7 +198,7 @@ def cmd_train(args) -> int:
     elif args.emulator == "payne":
         what = "model error from validation residuals"
     else:
-        print(f"  median CV MSE  {np.median(np.asarray(em.cv_mse)):.4g} (standardised flux, exact LOO)")
+        print(f"  median CV MSE  {np.nanmedian(np.asarray(em.cv_mse)):.4g} (standardised flux, exact LOO)")
         what = "model error from LOO CV"
     if usable.any():
         print(f"  median sigma   {np.median(np.sqrt(s2[usable])):.4g} ({what}, flux units)")

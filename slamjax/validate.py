@@ -462,13 +462,20 @@ def training_spread(
     the other stars (each sees (k_inner − 1)/k_inner of them); every held-out star is fitted by
     all of them. ``mean`` is their mean, ``spread`` the delete-a-group jackknife standard
     deviation sqrt((k_inner − 1)/k_inner Σ_j (θ_j − θ̄)²) (the inner models overlap, so their
-    plain standard deviation would underestimate it), ``formal`` the mean formal error. No model
-    ever saw the star it fits.
+    plain standard deviation would underestimate it), ``formal`` the mean formal error (noise and
+    per-pixel model variance only: the fold models' own systematics are not added, which would
+    count the model error twice in ``combined``). No model ever saw the star it fits.
     """
     if emulator not in _EMULATORS:
         raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
     if ds.labels is None or k_inner < 2:
         raise ValueError("training_spread needs a labelled SpectrumSet and k_inner >= 2")
+    if fit_kwargs.get("systematics", False):
+        raise ValueError("training_spread reports formal errors: fit_kwargs may not set systematics=True")
+    fit_kwargs = {**fit_kwargs, "systematics": False}
+    train_kwargs = dict(train_kwargs or {})
+    if emulator == "payne":  # its own validation-split estimate is not needed by the fold models
+        train_kwargs.setdefault("systematics", False)
     fold = kfold_indices(ds.n_spectra, k, seed)
     n = ds.n_spectra
     n_max = int(np.bincount(fold).max())
@@ -478,7 +485,7 @@ def training_spread(
         train_idx = np.flatnonzero(fold != i)
         inner = kfold_indices(train_idx.size, k_inner, seed + 1 + i)
         for j in range(k_inner):
-            models.append(_EMULATORS[emulator].train(ds[train_idx[inner != j]], **(train_kwargs or {})))
+            models.append(_EMULATORS[emulator].train(ds[train_idx[inner != j]], **train_kwargs))
     models = type(models[0])._common_shapes(models)  # one compiled fit for all k · k_inner models
     for i in range(k):
         test_idx = np.flatnonzero(fold == i)

@@ -47,3 +47,13 @@ def test_direct_start_with_training_starts_and_bad_models(setup):
 
     with pytest.raises(ValueError, match="labels"):
         sj.fit_labels(em, flux[:5], ivar[:5], init=WrongLabels())
+
+    class OtherGrid:  # trained on a grid shifted by 3 pixels: same pixel count, other wavelengths
+        label_names = em.label_names
+        wave = np.asarray(em.wave) + 3 * float(np.diff(np.asarray(em.wave))[0])
+
+        def predict(self, flux, ivar):
+            return np.tile(np.asarray(em.space.mean), (len(flux), 1))
+
+    with pytest.raises(ValueError, match="wavelength grid"):
+        sj.fit_labels(em, flux[:5], ivar[:5], init=OtherGrid())

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 
@@ -252,6 +254,26 @@ def test_bad_training_pixels_are_imputed_not_used():
     em_ref = sj.KernelEmulator.train(ds)
     lab = ds.labels[:5]
     np.testing.assert_allclose(em_bad.predict(lab)[:, 3], em_ref.predict(lab)[:, 3], atol=0.01)
+
+
+def test_cv_mse_is_undefined_at_dead_and_constant_pixels(caplog):
+    """cv_mse was 0 at a pixel bad in every star (and at a constant one), so its COD read as 1."""
+    ds, _ = _smooth_problem(m=100, p=8, seed=4)
+    flux, ivar = ds.flux.copy(), ds.ivar.copy()
+    ivar[:, 2] = 0.0  # dead in every star
+    ivar[2:, 5] = 0.0  # 2 good values
+    flux[:, 6] = 0.9  # constant
+    odd = sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names)
+    with caplog.at_level(logging.WARNING):
+        em = sj.KernelEmulator.train(odd)
+    mse = sj.diagnostics.cv_mse(em)["mse"]
+    assert np.all(np.isnan(mse[[2, 5, 6]]))
+    rest = np.delete(mse, [2, 5, 6])
+    assert np.all(np.isfinite(rest)) and np.all(rest < 0.2)
+    cod = sj.diagnostics.cod(odd)
+    assert np.all(np.isnan(cod["full"][[2, 5, 6]])) and np.all(np.isnan(cod["per_label"][[2, 5, 6]]))
+    with pytest.raises(ValueError, match="every label"):
+        sj.diagnostics.cod(odd, label_names=["teff"])
 
 
 def test_save_load_round_trip(tmp_path):

@@ -121,3 +121,18 @@ def test_load_shared_npz(parts, n_pix, names):
     assert ds.n_pixels == n_pix and ds.label_names == names
     assert ds.meta["n_nonfinite_flux"] == 0
     assert "snr" in ds.meta
+
+
+def test_subsets_take_the_per_spectrum_meta_rows(sample):
+    """load_npz keeps per-star arrays (names, spectral types, snr, flux_true ...) in meta; a subset used to
+    keep them in the original order (ds[1::2].meta['names'][0] was the first star's name)."""
+    assert "names" in sample.meta and sample.meta["names"].shape == (sample.n_spectra,)
+    idx = np.array([5, 7, 2])
+    sub = sample[idx]
+    np.testing.assert_array_equal(sub.meta["names"], sample.meta["names"][idx])
+    np.testing.assert_array_equal(sub.ids, sample.ids[idx])
+    odd = sample[1::2]
+    assert odd.meta["names"][0] == sample.meta["names"][1] and len(odd.meta["names"]) == odd.n_spectra
+    mask = sample.labels[:, 0] > 6000
+    np.testing.assert_array_equal(sample[mask].meta["names"], sample.meta["names"][mask])
+    assert sub.meta["source"] == sample.meta["source"]  # scalars unchanged

@@ -127,6 +127,9 @@ def test_training_spread_shapes_and_pulls():
         # models trained on ~130 stars: formal errors slightly small; the spread moves pulls toward 1
         assert pulls[name]["combined"] < pulls[name]["formal"]
         assert 0.85 <= pulls[name]["combined"] <= 1.1
+    # formal errors only: the fold models' systematics would count the model error twice in combined
+    with pytest.raises(ValueError, match="formal errors"):
+        sj.validate.training_spread(ds, "cannon", k=3, k_inner=3, systematics=True)
 
 
 def test_label_stats_counts_pulls_and_refuses_zero_errors():

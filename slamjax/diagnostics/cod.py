@@ -22,9 +22,16 @@ def cod(ds: SpectrumSet, emulator: str = "kernel", **train_kwargs) -> dict:
     depends on l. The per-label CODs are ΔMSE_pl scaled so that Σ_l COD_pl = full COD_p (zero
     where no label matters).
 
+    With strongly correlated labels (e.g. Teff and log g along a giant branch) dropping either one
+    costs little, and the scaling to the full COD turns small, noise-level ΔMSE differences into
+    large per-label CODs: read ``cv_mse_without`` (the raw ΔMSE) there. Pixels with fewer than 3
+    good training values or no flux variance have NaN CODs.
+
     Returns ``{"full": [P], "per_label": [P, L], "label_names": (...), "cv_mse": [P],
     "cv_mse_without": [P, L]}``.
     """
+    if "label_names" in train_kwargs:
+        raise ValueError("cod uses every label of ds (and each of them left out in turn); pass a ds with those labels")
     if emulator not in _EMULATORS:
         raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")
     if ds.labels is None or ds.n_labels < 2:

@@ -82,7 +82,8 @@ class KernelEmulator(AbstractEmulator):
         gammas: the γ of each group [G]; ``groups``: static (start, stop) column slices.
         flux_mean, flux_scale: per-pixel flux standardisation [P].
         lam: chosen λ per pixel [P]; ``gamma``: chosen γ per pixel [P].
-        cv_mse, cv_md: LOO mean squared and mean absolute deviation, standardised flux [P].
+        cv_mse, cv_md: LOO mean squared and mean absolute deviation, standardised flux [P] (NaN
+            at pixels with < 3 good training values or no flux variance).
     """
 
     space: LabelSpace
@@ -294,7 +295,8 @@ class KernelEmulator(AbstractEmulator):
         flux = np.where(good, ds.flux, 0.0).astype(np.float64)
         mean = np.where(usable, flux.sum(axis=0) / np.maximum(n_good, 1), 1.0)
         var = np.where(good, (flux - mean[None, :]) ** 2, 0.0).sum(axis=0) / np.maximum(n_good - 1, 1)
-        scale = np.where(usable & (var > 0), np.sqrt(var), 1.0)
+        varies = usable & (var > (1e-10 * np.abs(mean)) ** 2)  # not constant (to rounding) over the stars
+        scale = np.where(varies, np.sqrt(var), 1.0)
         y = np.where(good, (flux - mean[None, :]) / scale[None, :], 0.0)
 
         if exact:
@@ -350,8 +352,10 @@ class KernelEmulator(AbstractEmulator):
             flux_scale=jnp.asarray(scale),
             lam=jnp.asarray(sel["lam"]),
             gamma=jnp.asarray(gammas[gidx]),
-            cv_mse=jnp.asarray(sel["mse"]),
-            cv_md=jnp.asarray(sel["md"]),
+            # undefined where the pixel has < 3 good values or no variance (as the Cannon's cv_mse):
+            # a 0 there read as a perfect model (COD 1) at dead pixels
+            cv_mse=jnp.asarray(np.where(varies, sel["mse"], np.nan)),
+            cv_md=jnp.asarray(np.where(varies, sel["md"], np.nan)),
             groups=tuple(groups),
         )
 
