@@ -13,6 +13,7 @@ from . import data as data  # noqa: E402
 from . import diagnostics as diagnostics  # noqa: E402
 from . import direct as direct  # noqa: E402
 from . import io as io  # noqa: E402
+from . import preprocess as preprocess  # noqa: E402
 from . import validate as validate  # noqa: E402
 from ._diagnose import diagnose as diagnose  # noqa: E402
 from ._fit import fit_labels as fit_labels  # noqa: E402

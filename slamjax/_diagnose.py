@@ -27,6 +27,7 @@ __all__ = ["EMULATORS", "check_out_dir", "diagnose"]
 logger = logging.getLogger(__name__)
 
 EMULATORS = ("kernel", "cannon", "payne")
+_FLOAT64_EMULATORS = ("kernel",)  # emulators whose float32_ok is False (fit in float64 by default)
 _PIXEL_EMULATORS = ("kernel", "cannon")  # those with an exact per-pixel LOO CV MSE (diagnostics.cv_mse)
 SUMMARY = "summary.md"
 # every file diagnose may write: with overwrite they are removed first, so that no file of an earlier run
@@ -203,7 +204,8 @@ def diagnose(
             below a rung keep their own noise there (see :func:`slamjax.validate.degrade`).
         seed: seed of the fold assignment, the added noise and the Payne's initialisation.
         n_starts, dtype: passed to :func:`slamjax.fit_labels` for every fit (``dtype=None``: float32
-            for float32 flux, else float64; also for the ladder's degraded spectra).
+            for float32 flux, else float64, and float64 for the kernel emulator, whose float32 fits
+            lose accuracy; also for the ladder's degraded spectra).
         cod: compute the coefficients of dependence (L + 1 trainings on all stars).
         overwrite: write into a non-empty ``out_dir``.
 
@@ -244,11 +246,18 @@ def _run(
     if overwrite:
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
-    # One dtype for every fit: the ladder's degraded spectra are float64 whatever the input, so with
-    # dtype=None the CV (float32 for float32 data) and the ladder would be computed differently.
-    if dtype is None:
-        dtype = ds.flux.dtype if ds.flux.dtype in (np.float32, np.float64) else np.float64
-    fit_kwargs = {"n_starts": n_starts, "dtype": np.dtype(dtype)}
+    # One dtype for all fits of an emulator: the ladder's degraded spectra are float64 whatever the
+    # input, so with dtype=None the CV (float32 for float32 data) and the ladder would be computed
+    # differently. By default that of the flux, except float64 for the kernel emulator (its float32_ok
+    # is False: fit_labels fits float32 flux in float64 for it too).
+    base = ds.flux.dtype if ds.flux.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    fit_kw = {
+        em: {
+            "n_starts": n_starts,
+            "dtype": np.dtype(dtype if dtype is not None else np.float64 if em in _FLOAT64_EMULATORS else base),
+        }
+        for em in names
+    }
     labels = tuple(ds.label_names)
     steps = _Steps()
     t_start = time.perf_counter()
@@ -263,7 +272,7 @@ def _run(
             k=k,
             seed=seed,
             train_kwargs=_train_kwargs(em, seed),
-            **fit_kwargs,
+            **fit_kw[em],
         )
         res = cv[em].result
         steps.plot(
@@ -287,7 +296,7 @@ def _run(
             k=k,
             seed=seed,
             train_kwargs=_train_kwargs(em, seed),
-            **fit_kwargs,
+            **fit_kw[em],
         )
         ladder_stats[em] = ladders[em].stats()
         if len(rungs) < 3:
@@ -346,7 +355,7 @@ def _run(
         k=k,
         rungs=rungs,
         seed=seed,
-        fit_kwargs=fit_kwargs,
+        fit_kwargs=fit_kw,
         cv=cv,
         ladder_stats=ladder_stats,
         error_models=error_models,
@@ -408,7 +417,9 @@ def _summary(
         + ", ".join(f"{n} {_num(n, ds.label(n).min())}..{_num(n, ds.label(n).max())}" for n in labels),
         f"- median S/N per pixel: {median_snr}",
         f"- settings: emulators {', '.join(names)}; {k}-fold CV, seed {seed}; "
-        f"fits n_starts {fit_kwargs['n_starts']}, {fit_kwargs['dtype'].name}; "
+        f"fits n_starts {next(iter(fit_kwargs.values()))['n_starts']}, "
+        + ", ".join(f"{em} {kw['dtype'].name}" for em, kw in fit_kwargs.items())
+        + "; "
         f"S/N ladder {', '.join(f'{s:g}' for s in rungs) if rungs else 'none'}",
         "",
         f"## Cross-validation ({k}-fold)",

@@ -318,8 +318,8 @@ class PayneEmulator(AbstractEmulator):
             activation: dense hidden activation: ``"silu"`` (default; smooth, so the
                 Jacobian used by the fitter is continuous), ``"leaky_relu"``, ``"tanh"``,
                 ``"sigmoid"``. Per-pixel networks always use sigmoid units.
-            key: an int seed or a ``jax.random`` key; the result is deterministic for a key
-                (weights initialisation, validation split and batch order).
+            key: an int seed or a ``jax.random`` key (None: seed 0); the result is deterministic
+                for a key (weights initialisation, validation split and batch order).
             learning_rate: a float (peak of a linear warm-up + cosine decay to 1 % over
                 ``max_epochs``) or an optax schedule ``step -> rate``.
             weight_decay: AdamW decoupled weight decay (0: plain Adam).
@@ -394,6 +394,7 @@ class PayneEmulator(AbstractEmulator):
         y = np.where(good, (flux0 - mu) / sd, 0.0)
         s = (labels - lo) / (hi - lo) - 0.5
 
+        key = 0 if key is None else key  # None: the default seed
         key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
         k_split, k_init, k_train = jax.random.split(key, 3)
         perm = np.asarray(jax.random.permutation(k_split, n))
