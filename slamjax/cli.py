@@ -247,6 +247,10 @@ def cmd_fit(args) -> int:
     )
     seconds = time.perf_counter() - t0
     tab = res.to_table()
+    # provenance: which model fitted which spectra, and whether the errors include its systematics
+    tab.meta["MODEL"] = Path(args.model).name
+    tab.meta["DATA"] = Path(args.data).name
+    tab.meta["ERRSYS"] = em.space.systematics is not None
     prep = _prep_columns(args.data, len(res))  # prep's quality flags travel with the fits
     for name, values in prep.items():
         tab[name] = values

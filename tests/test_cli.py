@@ -576,6 +576,7 @@ def test_fit_carries_the_prep_quality_flags_into_the_catalog(rec_data, tmp_path,
     assert f"{int((~ok).sum())} of {n} spectra were flagged by slamjax prep" in capsys.readouterr().out
     tab = Table.read(tmp_path / "c.fits")
     assert list(tab["id"]) == [str(i) for i in arrays["ids"]]
+    assert tab.meta["MODEL"] == "m.npz" and tab.meta["DATA"] == "flagged.npz" and tab.meta["ERRSYS"] is False
     np.testing.assert_array_equal(np.asarray(tab["prep_ok"]), ok)
     np.testing.assert_array_equal(np.asarray(tab["prep_n_bad"]), np.arange(n))
     assert sj.FitResult.read(tmp_path / "c.fits").labels.shape == (n, 3)
