@@ -495,7 +495,7 @@ def test_fit_warns_when_only_the_model_records_and_on_unnormalised_flux(rec_data
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="slamjax.cli"):
         assert main([*fit, str(unnorm), "-o", str(tmp_path / "b.fits")]) == 0
-    assert "40 of 40 spectra" in caplog.text and "UNNORMALISED" in caplog.text
+    assert "40 of 40 spectra (checked)" in caplog.text and "UNNORMALISED" in caplog.text
     assert "normalised by 'spline'" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="slamjax.cli"):  # the recorded data: nothing to warn about
