@@ -104,14 +104,14 @@ def _run_chunks(em, rows, common, n_starts, max_steps, settings, snr):
     chunk = _chunk_shape(n, size)
     if settings.get("pow2"):  # at least 16 (unless chunk_size is smaller): fewer distinct shapes
         chunk = 1 << int(np.ceil(np.log2(max(chunk, min(16, settings["chunk_size"])))))
-    kw = dict(n_starts=n_starts, tol=settings["tol"], return_model=settings["return_model"])
+    kw = dict(n_starts=n_starts, return_model=settings["return_model"])
     check = dict(check_starts=True) if settings.get("check_starts") else {}
     starts = range(0, n, chunk)
 
     def launch(i0):
         i1 = min(i0 + chunk, n)
         pad = chunk - (i1 - i0)
-        args = dict(common, max_steps=np.int32(max_steps))
+        args = dict(common, max_steps=np.int32(max_steps), tol=np.asarray(settings["tol"], dtype))
         for key, value in rows.items():
             fill = 1.0 if key == "flux" else 0.0
             # "max_steps" as a row: a step budget per spectrum (padding rows: none)

@@ -9,33 +9,25 @@ The compiled fit of one chunk is ``_fit_core._fit_chunk``; this module prepares 
 
 from __future__ import annotations
 
-import functools
 import logging
-import weakref
 from collections.abc import Mapping
 
-import equinox as eqx
 import jax
 import numpy as np
 
-from ._chunking import _default_workers, _pad, _run_chunks
+from ._chunking import _default_workers, _run_chunks
 from ._fit_nuisance import _nuisance_outputs, _nuisance_setup
+from ._fit_prepared import _prepared, _template_inputs, _training_templates
 from ._result import FitResult, Status
 from ._spectra import SpectrumSet
-from .emulators._base import AbstractEmulator, AbstractLinearEmulator, _fit_view
+from .emulators._base import AbstractEmulator, AbstractLinearEmulator
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["fit_labels"]
 
 _TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
-_MAX_TEMPLATES_GENERIC = 512
 _FIRST_BUDGET = 10
-_PREPARED_CACHE_SIZE = 8  # emulators whose fit layout is kept between calls (_prepared)
-_PREPARED_CACHE_MAX_BYTES = 64 * 2**20  # larger fit layouts are rebuilt per call, not kept
-_TEMPLATE_JAC_MAX_BYTES = 64 * 2**20  # template Jacobians [K, P, L] kept (512 × 4300 px × 3 labels: 53 MB)
-_PREPARED_CACHE_TOTAL_BYTES = 256 * 2**20  # all kept layouts and templates together (least recently used go first)
-_prepared_cache: dict = {}  # (id(em), dtype) -> (weakref to em, {"em": fit view, "templates": (z, flux, jac)})
 _CHUNK_ELEMENTS = 1_100_000  # per [chunk, P] array: 256 spectra at 4300 px (fastest measured)
 _GENERIC_CHUNK_MAX_CPU = 256  # default chunk ceiling on CPU for fits with model + Jacobian evaluations
 
@@ -99,7 +91,8 @@ def fit_labels(
             screening steps of each start in a multi-start fit are taken even when it is smaller.
         tol: convergence tolerance on the Gauss-Newton decrement (squared distance to
             the minimum in units of the label errors); default 1e-6 (float64) or 1e-3
-            (float32).
+            (float32). It is passed to the compiled fit as data, like ``max_steps``: changing
+            either does not recompile.
         chunk_size: spectra per compiled batch. Default: about 1.1 million elements per
             [chunk, P] array for the Cannon's quadratic-form path (256 spectra at 4300 px; 64
             to 4096): bounded memory, cache-friendly, below glibc's 32 MiB mmap threshold
@@ -162,6 +155,8 @@ def fit_labels(
     """
     if not isinstance(em, AbstractEmulator):
         raise TypeError(f"em must be a slamjax emulator, got {type(em).__name__}")
+    if not np.all(np.asarray(em.pixel_variance) >= 0):  # fit weights ivar / (1 + ivar s²) need s² >= 0
+        raise ValueError("the emulator's pixel_variance has negative or NaN values (inf marks an unusable pixel)")
     if isinstance(flux, SpectrumSet):
         ds = flux
         if ivar is not None:
@@ -246,13 +241,9 @@ def fit_labels(
         if n_starts < 1:
             raise ValueError("n_starts must be >= 1")
         starts = None
-        templates = np.asarray(space.train)
         generic = not isinstance(em, AbstractLinearEmulator) or bool(rv) or continuum is not None
-        if generic and templates.shape[0] > _MAX_TEMPLATES_GENERIC:
-            pick = np.random.default_rng(0).choice(templates.shape[0], _MAX_TEMPLATES_GENERIC, replace=False)
-            templates = templates[np.sort(pick)]
-        n_starts = min(n_starts, templates.shape[0])
-        templates_z = (templates - mean) / scale
+        templates_z = _training_templates(space, subsample=generic)
+        n_starts = min(n_starts, templates_z.shape[0])
     else:
         starts = np.asarray(init, dtype=np.float64)
         shape_ok = {1: starts.shape == (n_lab,), 2: starts.shape == (n, n_lab), 3: starts.shape[::2] == (n, n_lab)}
@@ -267,39 +258,14 @@ def fit_labels(
         starts = (starts - mean) / scale
         templates_z = None
         if direct_model is not None and n_starts > 1:  # the direct start plus the best training labels
-            templates = np.asarray(space.train)
-            if templates.shape[0] > _MAX_TEMPLATES_GENERIC:
-                pick = np.random.default_rng(0).choice(templates.shape[0], _MAX_TEMPLATES_GENERIC, replace=False)
-                templates = templates[np.sort(pick)]
-            templates_z = (templates - mean) / scale
-            n_starts = min(n_starts - 1, templates.shape[0])
+            templates_z = _training_templates(space, subsample=True)
+            n_starts = min(n_starts - 1, templates_z.shape[0])
 
     prepared = _prepared(em, dtype)
     em_c = prepared["em"]
     common = dict(lo=lo_z.astype(dtype), hi=hi_z.astype(dtype))
     if templates_z is not None:
-        # Padded to a power of two (the padding rows never start a fit): training sets of nearby
-        # sizes, e.g. cross-validation folds, share one compiled fit. (A finer grid split 96- and
-        # 97-star folds into two compilations.)
-        k_pad = 1 << int(np.ceil(np.log2(templates_z.shape[0])))
-        common["templates"] = _pad(templates_z, k_pad - templates_z.shape[0], 0.0).astype(dtype)
-        common["templates_ok"] = np.arange(k_pad) < templates_z.shape[0]
-        if not isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
-            # Template spectra once, not once per chunk (512 model evaluations per chunk).
-            # With their Jacobians (if they take at most _TEMPLATE_JAC_MAX_BYTES), the screening
-            # of the starts needs no model evaluation at the starts themselves.
-            jac_bytes = common["templates"].shape[0] * em.n_pixels * n_lab * dtype.itemsize
-            inside = np.all((templates_z >= lo_z) & (templates_z <= hi_z))
-            with_jac = starts is None and inside and jac_bytes <= _TEMPLATE_JAC_MAX_BYTES
-            cached = prepared.get("templates")
-            stale = cached is None or not np.array_equal(cached[0], common["templates"])
-            if stale or (with_jac and cached[2] is None):
-                flux_t, jac_t = _template_flux(em_c, common["templates"], with_jac)
-                cached = prepared["templates"] = (common["templates"], flux_t, jac_t)
-                _trim_prepared_cache(keep=prepared)
-            common["templates_flux"] = cached[1]
-            if with_jac:
-                common["templates_jac"] = cached[2]
+        common.update(_template_inputs(em, prepared, templates_z, lo_z, hi_z, starts is None, rv, continuum, dtype))
     if chunk_size is None:
         if isinstance(em, AbstractLinearEmulator) and (rv is False or rv is None) and continuum is None:
             chunk_size = int(np.clip(round(_CHUNK_ELEMENTS / em.n_pixels), 64, 4096))
@@ -357,11 +323,13 @@ def fit_labels(
     cov = cat["cov_z"].astype(np.float64) * scale[:, None] * scale[None, :]
     status = cat["status"].astype(np.int32)
     bad = status == Status.BAD_INPUT
-    labels[bad] = np.nan
-    cov[bad] = np.nan
+    # Not a fit: no labels (a NON_FINITE fit's finite-looking labels are where it broke down)
+    failed = bad | (status == Status.NON_FINITE)
+    labels[failed] = np.nan
+    cov[failed] = np.nan
     extra = {}
     if nuis is not None:
-        extra = _nuisance_outputs(cat, nuis, n_lab, bad, scale)
+        extra = _nuisance_outputs(cat, nuis, n_lab, failed, scale)
     if systematics and space.systematics is not None:
         sys_cov = space.systematics.cov(labels)  # [N, L, L] at each fitted point; NaN for bad rows
         cov = cov + sys_cov
@@ -375,7 +343,7 @@ def fit_labels(
         n_steps=cat["n_steps"].astype(np.int32),
         status=status,
         snr=cat["snr"].astype(np.float64),
-        model_flux=_without_bad_rows(cat["model"], bad) if return_model else None,
+        model_flux=_without_bad_rows(cat["model"], failed) if return_model else None,
         ids=ids,
         label_names=em.label_names,
         **extra,
@@ -383,7 +351,7 @@ def fit_labels(
 
 
 def _without_bad_rows(model, bad):
-    """The model fluxes with NaN in the rows of spectra that were not fitted (BAD_INPUT)."""
+    """The model fluxes with NaN in the rows of spectra that were not fitted (BAD_INPUT, NON_FINITE)."""
     if bad.any():
         model = np.array(model, dtype=np.result_type(model.dtype, np.float32))
         model[bad] = np.nan
@@ -436,57 +404,6 @@ def _second_phase(em, cat, rows, common, redo, alt, alt_z, first, max_steps, set
         for k, v in sub.items():
             cat[k][alt[lower]] = v[n_redo:][lower]
         cat["n_steps"][alt] = steps
-
-
-def _prepared(em, dtype) -> dict:
-    """The emulator as the compiled fit takes it (``_fit_view`` in ``dtype``) and, once computed,
-    its template spectra, kept per emulator between calls (emulators are immutable). Building them
-    each call cost ~2-3 ms (kernel, 400 centres × 100 px: the fit layout and 512 template spectra),
-    as much as fitting ~15 spectra; for larger emulators the layout copies grow with the model.
-    Held by a weak reference; at most ``_PREPARED_CACHE_SIZE`` emulators (k folds of a CV), only
-    layouts up to ``_PREPARED_CACHE_MAX_BYTES`` (a 2000 × 7214 px kernel in float64 takes 115 MB), and
-    ``_PREPARED_CACHE_TOTAL_BYTES`` for all kept layouts and templates together."""
-    key = (id(em), np.dtype(dtype).str)
-    hit = _prepared_cache.get(key)
-    if hit is not None and hit[0]() is em:
-        _prepared_cache[key] = _prepared_cache.pop(key)  # most recently used last: eviction takes the first
-        return hit[1]
-    em_c = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, _fit_view(em, dtype))
-    entry = {"em": em_c}
-    if sum(a.nbytes for a in jax.tree.leaves(em_c) if eqx.is_array(a)) > _PREPARED_CACHE_MAX_BYTES:
-        return entry  # a large model: rebuilding costs little next to its fits, holding it costs memory
-    while len(_prepared_cache) >= _PREPARED_CACHE_SIZE:
-        _prepared_cache.pop(next(iter(_prepared_cache)))
-    _prepared_cache[key] = (weakref.ref(em, lambda _, key=key: _prepared_cache.pop(key, None)), entry)
-    _trim_prepared_cache(keep=entry)
-    return entry
-
-
-def _entry_bytes(entry) -> int:
-    return sum(a.nbytes for a in jax.tree.leaves(entry) if hasattr(a, "nbytes"))
-
-
-def _trim_prepared_cache(keep) -> None:
-    """Drop the least recently used emulators while the cache holds more than ``_PREPARED_CACHE_TOTAL_BYTES``
-    (8 CV-fold kernel models at full MILES resolution held ~60 MB of template Jacobians each);
-    ``keep`` (the entry in use) stays."""
-    total = sum(_entry_bytes(e) for _, e in _prepared_cache.values())
-    for key in list(_prepared_cache):
-        if total <= _PREPARED_CACHE_TOTAL_BYTES:
-            break
-        entry = _prepared_cache[key][1]
-        if entry is not keep:
-            total -= _entry_bytes(entry)
-            del _prepared_cache[key]
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _template_flux(em, templates_z, with_jac):
-    """Template fluxes [K, P] and, ``with_jac``, their Jacobians [K, P, L] in standardised labels."""
-    if not with_jac:
-        return jax.vmap(lambda z: em(em.space.physical(z)))(templates_z), None
-    flux, jac = jax.vmap(lambda z: em.flux_and_jacobian(em.space.physical(z)))(templates_z)
-    return flux, jac * em.space.scale[None, None, :]
 
 
 def _direct_starts(model, flux, ivar, em):

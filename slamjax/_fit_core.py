@@ -12,7 +12,7 @@ Two evaluation strategies give the same χ² (a test checks this):
 Starts from the training labels (templates) are ranked by their objective from the template
 spectra, computed once per emulator, and taken apart from each other (``diverse_starts``). For the
 generic path ``fit_labels`` also keeps the templates' Jacobians (up to
-``_fit._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal matrix at each start then
+``_fit_prepared._TEMPLATE_JAC_MAX_BYTES``): the objective, gradient and normal matrix at each start then
 cost O(P·L²) instead of a model evaluation. With them, an emulator whose
 ``_check_starts_by_one_step`` is set (the kernel emulator) fits only the best-ranked start here and
 returns, per spectrum, the best point one LM step takes the other starts to and whether its
@@ -51,9 +51,11 @@ _START_SEPARATION = 0.5  # ... at least this far apart (standardised labels), wh
 # Plain jax.jit, not eqx.filter_jit: equinox (0.13) blocks until each call completes, which
 # serialised the numpy S/N median behind the compiled fit (measured +9-14 % with jax.jit). The
 # emulator is a pytree (static fields in its treedef); ``args`` holds only arrays.
-@functools.partial(jax.jit, static_argnames=("n_starts", "tol", "return_model", "check_starts"))
-def _fit_chunk(em, args, *, n_starts, tol, return_model=True, check_starts=False):
+# The tolerance is data (``args["tol"]``, a 0-d array), so fits with another ``tol`` reuse the program.
+@functools.partial(jax.jit, static_argnames=("n_starts", "return_model", "check_starts"))
+def _fit_chunk(em, args, *, n_starts, return_model=True, check_starts=False):
     flux, ivar = args["flux"], args["ivar"]
+    tol = args["tol"]
     s2 = em.pixel_variance
     good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]
     w = jnp.where(good, ivar / (1.0 + jnp.where(good, ivar * s2[None, :], 0.0)), 0.0)

@@ -92,11 +92,12 @@ def _segment_chi2(f, w, models, segments, scaled):
     return total, jnp.stack(scales, axis=2)
 
 
-@functools.partial(jax.jit, static_argnames=("nuis", "n_starts", "tol", "return_model"))
-def _fit_chunk_nuisance(em, args, *, nuis, n_starts, tol, return_model=True):
+@functools.partial(jax.jit, static_argnames=("nuis", "n_starts", "return_model"))
+def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
     """Like :func:`_fit_chunk`, with parameters x = [z (L), v/100 km/s (if rv), continuum (S·(n+1))]."""
     rv_on, degree, segments, n_v, v_pix = nuis
     flux, ivar = args["flux"], args["ivar"]
+    tol = args["tol"]
     dtype = flux.dtype
     s2 = em.pixel_variance
     good = (ivar > 0) & jnp.isfinite(flux) & jnp.isfinite(s2)[None, :]

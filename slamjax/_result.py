@@ -22,8 +22,8 @@ class Status(enum.IntEnum):
     HIT_BOUND (2): the best point lies on the edge of the allowed label box (training
         box widened by ``box_margin``); the true optimum is probably outside it.
     BAD_INPUT (3): fewer than L + 1 usable pixels (all masked, NaN flux ...); labels NaN.
-    NON_FINITE (4): the fit produced non-finite labels, χ² or covariance (e.g. an overflowing model);
-        whatever labels it reports are not a fit: select on ``status``, not on finite labels.
+    NON_FINITE (4): the fit produced non-finite labels, χ² or covariance (e.g. an overflowing model
+        or flux); not a fit: labels, covariance and model flux NaN (χ² as computed).
     """
 
     CONVERGED = 0

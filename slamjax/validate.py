@@ -105,21 +105,13 @@ def cross_validate(
     inv = np.empty_like(order)
     inv[order] = np.arange(order.size)
 
-    def cat(name):
-        return np.concatenate([getattr(r, name) for _, r in parts])[inv]
+    def cat(name):  # a per-star field in the input order (None where the fits have none: rv, continuum, ...)
+        values = [getattr(r, name) for _, r in parts]
+        return None if values[0] is None else np.concatenate(values)[inv]
 
-    result = FitResult(
-        labels=cat("labels"),
-        cov=cat("cov"),
-        chi2=cat("chi2"),
-        n_pixels=cat("n_pixels"),
-        n_steps=cat("n_steps"),
-        status=cat("status"),
-        snr=cat("snr"),
-        model_flux=None if parts[0][1].model_flux is None else cat("model_flux"),
-        ids=ds.ids,
-        label_names=parts[0][1].label_names,
-    )
+    # every per-star field, also those of rv and continuum fits (fit_kwargs rv=..., continuum=...)
+    fields = {f.name: cat(f.name) for f in dataclasses.fields(FitResult) if f.name not in ("ids", "label_names")}
+    result = FitResult(**fields, ids=ds.ids, label_names=parts[0][1].label_names)
     true = np.stack([ds.label(n) for n in result.label_names], axis=1)
     info = {"emulator": emulator, "k": k, "systematics_k": systematics_k}
     return CVResult(result, true, fold, result.label_names, t_train, t_fit, info)
@@ -169,12 +161,14 @@ def label_systematics(
     missing = [n for n in em.label_names if n not in ds.label_names]
     if missing:
         raise ValueError(f"held-out spectra lack labels {missing}")
-    ivar = ds.ivar
+    spectra = ds
     if snr is not None:
         if not snr > 0:
             raise ValueError(f"snr must be > 0, got {snr}")
         ivar = np.where(ds.ivar > 0, float(snr) ** 2, 0.0)
-    res = fit_labels(em, ds.flux, ivar, systematics=False, return_model=False, **fit_kwargs)
+        spectra = SpectrumSet(ds.wave, ds.flux, ivar, ids=ds.ids)
+    # as a SpectrumSet: fit_labels checks its wavelength grid against the emulator's
+    res = fit_labels(em, spectra, systematics=False, return_model=False, **fit_kwargs)
     true = np.stack([ds.label(n) for n in em.label_names], axis=1)
     # Every fit with finite labels counts (also MAX_STEPS and HIT_BOUND: their errors are real).
     return estimate_systematics(res, true, snr is None, em.space.scale, "held-out", model=model, k=k)
@@ -272,7 +266,7 @@ class OutlierRejection:
     clean: SpectrumSet
     dropped_ids: np.ndarray
     dropped_index: np.ndarray
-    deviation: np.ndarray  # [N, L] (fit − reference) / robust σ per label
+    deviation: np.ndarray  # [N, L] (fit − reference − median offset) / robust σ per label
     sigma: dict
     cv: CVResult
 
@@ -290,9 +284,9 @@ def reject_outliers(
     """Training-set outlier rejection as in SLAM (Zhang, Liu & Deng 2020, §4.2).
 
     Labels of every training star are predicted by a model trained without it (k-fold,
-    leave-1/10-out by default); stars whose prediction deviates from the reference label by
-    more than ``nsigma`` robust standard deviations (1.4826 × MAD of the deviations) in any
-    label are dropped. Stars whose fit failed (non-finite labels) are kept: a failed fit is
+    leave-1/10-out by default); stars whose prediction deviates from the reference label, less
+    the median deviation, by more than ``nsigma`` robust standard deviations (1.4826 × MAD of
+    the deviations) in any label are dropped. Stars whose fit failed (non-finite labels) are kept: a failed fit is
     not evidence of a bad label. Retrain on ``result.clean``.
 
     One pass, as in SLAM: a few grossly wrong labels also pull the fold models that include them,
@@ -350,7 +344,7 @@ class LadderResult:
 
     snrs: tuple[float, ...]
     labels: np.ndarray  # [K, N, L] fitted labels at each S/N
-    errors: np.ndarray  # [K, N, L] formal 1σ errors
+    errors: np.ndarray  # [K, N, L] 1σ errors as fit_labels reports them (+ fold models' systematics, if any)
     status: np.ndarray  # [K, N]
     true: np.ndarray  # [N, L]
     label_names: tuple[str, ...]
@@ -393,7 +387,9 @@ def snr_ladder(
     Stars whose original S/N is below a rung keep their own noise at that rung (see
     :func:`degrade`); use high-S/N spectra. ``systematics_k``: each fold model carries
     systematic label errors from an inner CV on its own training stars (as in
-    :func:`cross_validate`), so the errors (and pulls) include them.
+    :func:`cross_validate`), so the errors (and pulls) include them. Without it the errors are
+    formal, except for ``emulator="payne"``, whose fold models attach their own systematics from
+    their validation split (``train_kwargs={"systematics": False}`` for formal errors).
     """
     if emulator not in _EMULATORS:
         raise ValueError(f"unknown emulator {emulator!r}; available: {sorted(_EMULATORS)}")

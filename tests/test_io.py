@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import logging
 
 import numpy as np
 import pytest
@@ -288,7 +289,7 @@ def test_lamost_dr9_table_layout_round_trip(tmp_path):
     np.testing.assert_array_equal(s.flux[~s.mask], ref.flux[~s.mask])
 
 
-def _write_sdss_spec(path, *, with_spall=True):
+def _write_sdss_spec(path, *, with_spall=True, zwarning=0):
     rng = np.random.default_rng(3)
     n = 4600
     loglam = 3.5523 + 1e-4 * np.arange(n)
@@ -330,6 +331,7 @@ def _write_sdss_spec(path, *, with_spall=True):
                     fits.Column("CLASS", "6A", array=["STAR"]),
                     fits.Column("Z", "E", array=[1.5e-4]),
                     fits.Column("SN_MEDIAN_ALL", "E", array=[23.5]),
+                    fits.Column("ZWARNING", "J", array=[zwarning]),
                     fits.Column("SPECOBJID", "19A", array=["4037352744418750464"]),
                 ],
                 name="SPALL",
@@ -354,6 +356,21 @@ def test_sdss_spec_round_trip(tmp_path):
     assert s.rv == pytest.approx(np.float32(1.5e-4) * C_KMS)
     assert s.snr == pytest.approx(23.5)
     assert s.meta["ra"] == pytest.approx(150.12345)
+
+
+def test_sdss_spec_zwarning_is_kept_and_logged(tmp_path, caplog):
+    """A redshift the SDSS pipeline flags (ZWARNING != 0) is still read, recorded and warned about."""
+    path = tmp_path / "spec-3586-55181-0001.fits"
+    _write_sdss_spec(path, zwarning=4)  # SMALL_DELTA_CHI2
+    with caplog.at_level(logging.WARNING, logger="slamjax.io.sdss"):
+        s = sio.read_spectrum(path)
+    assert s.meta["zwarning"] == 4 and s.rv == pytest.approx(np.float32(1.5e-4) * C_KMS)
+    assert "ZWARNING = 4" in caplog.text and str(path) in caplog.text
+    caplog.clear()
+    _write_sdss_spec(tmp_path / "ok.fits")
+    with caplog.at_level(logging.WARNING, logger="slamjax.io.sdss"):
+        ok = sio.read_spectrum(tmp_path / "ok.fits")
+    assert ok.meta["zwarning"] == 0 and "ZWARNING" not in caplog.text
 
 
 def test_sdss_spec_without_spall(tmp_path):

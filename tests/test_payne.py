@@ -1,5 +1,7 @@
 """PayneEmulator (dense and per-pixel), from_arrays, and the ContinuumNormalized wrapper."""
 
+import logging
+
 import equinox as eqx
 import jax
 import numpy as np
@@ -109,6 +111,22 @@ def test_deterministic_for_a_key():
     assert not np.array_equal(np.asarray(a.weights[0]), np.asarray(c.weights[0]))
 
 
+def test_pixel_without_validation_data_gets_zero_weight(caplog):
+    """A pixel good in training spectra only has no measured model error: it gets s² = inf (zero
+    weight in fits), not the s² = 0 (perfect model) an empty validation sum gave."""
+    ds = _problem(n=120)
+    ivar = ds.ivar.copy()
+    ivar[1:, 0] = 0.0  # pixel 0: good in star 0 only (in the training split for key 5)
+    ivar[:, 1] = 0.0  # pixel 1: good nowhere
+    ds = sj.SpectrumSet(ds.wave, ds.flux, ivar, labels=ds.labels, label_names=NAMES)
+    with caplog.at_level(logging.WARNING, logger="slamjax.emulators._payne"):
+        em = PayneEmulator.train(ds, hidden=(8, 8), max_epochs=3, batch_size=32, systematics=False, key=5)
+    pv = np.asarray(em.pixel_variance)
+    assert np.isinf(pv[0]) and np.isinf(pv[1]) and np.all(np.isfinite(pv[2:]))
+    assert "1 pixels have no good validation spectrum" in caplog.text
+    assert "1 pixels have no good training data" in caplog.text
+
+
 def test_nan_loss_and_bad_input_raise():
     ds = _problem(n=60)
     with pytest.raises(FloatingPointError, match="non-finite loss"):
@@ -170,6 +188,18 @@ def test_from_arrays_matches_numpy_formula():
         PayneEmulator.from_arrays(**arrays)
     with pytest.raises(ValueError, match="b_array_1"):
         PayneEmulator.from_arrays(**(arrays | {"b_array_1": np.zeros(3)}), wave=np.arange(20.0))
+    wave = np.arange(20.0)
+    for bad, match in (
+        ({"pixel_variance": np.full(20, -1e-4)}, "pixel_variance must be >= 0"),  # weights > ivar, χ² < 0
+        ({"pixel_variance": np.full(20, np.nan)}, "pixel_variance must be >= 0"),
+        ({"x_max": np.full(4, np.inf)}, "finite"),
+        ({"train_labels": np.full((3, 4), np.nan)}, "train_labels contains non-finite"),
+        ({"train_labels": np.zeros((0, 4))}, "K >= 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            PayneEmulator.from_arrays(**(arrays | bad), wave=wave)
+    inf_ok = PayneEmulator.from_arrays(**arrays, wave=wave, pixel_variance=np.r_[np.inf, np.zeros(19)])
+    assert np.isinf(np.asarray(inf_ok.pixel_variance)[0])
 
 
 @pytest.mark.parametrize("which", ["dense", "per_pixel", "from_arrays", "wrapped"])

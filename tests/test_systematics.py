@@ -80,6 +80,9 @@ def test_local_systematics_follow_the_labels():
     np.testing.assert_allclose(cov[0], np.eye(2), rtol=1e-12)
     np.testing.assert_allclose(cov[1], 9 * np.eye(2), rtol=1e-12)
     assert np.all(np.isnan(cov[2]))
+    np.testing.assert_allclose(s.cov(np.array([5.0, 5.0])), cov[1:2])  # one star as [L]
+    with pytest.raises(ValueError, match=r"labels must be \[N, 2\]"):
+        s.cov(np.array([[0.0], [5.0]]))  # [N, 1] was broadcast over both labels
     np.testing.assert_allclose(s.global_cov(), 5 * np.eye(2), rtol=1e-12)
     # a negative excess (formal errors larger than the scatter) is clipped to zero
     neg = LabelSystematics(points=pts, excess=-exc, scale=np.ones(2), k=100)
@@ -225,6 +228,11 @@ def test_label_systematics_bad_input(cannon):
         sj.validate.label_systematics(cannon, unlabelled)
     with pytest.raises(ValueError, match="snr must be"):
         sj.validate.label_systematics(cannon, _set(10, 5), snr=0)
+    held = _set(10, 5)
+    shifted = sj.SpectrumSet(held.wave + 40.0, held.flux, held.ivar, labels=held.labels, label_names=NAMES)
+    for snr in (None, 100.0):  # the same pixel count on another grid: refused, not fitted
+        with pytest.raises(ValueError, match="different wavelength grid"):
+            sj.validate.label_systematics(cannon, shifted, snr=snr)
 
 
 def test_cv_systematics_from_the_training_set_alone():

@@ -50,6 +50,19 @@ def test_cross_validate_with_unequal_folds_equals_fold_by_fold_fits():
         np.testing.assert_array_equal(cv.result.ids[sel], ds.ids[sel])
 
 
+def test_cross_validate_keeps_the_nuisance_outputs():
+    """With fit_kwargs continuum=... (or rv=...) the merged result keeps the continuum coefficients,
+    their errors and the full covariance of every star, in the input order."""
+    ds = _labelled_set(n=60)
+    cv = sj.validate.cross_validate(ds, emulator="cannon", k=3, seed=1, continuum=0)
+    assert cv.result.continuum.shape == cv.result.continuum_err.shape == (60, 1, 1)
+    assert cv.result.cov_full.shape == (60, 4, 4) and cv.result.rv is None
+    sel = cv.fold == 0
+    res = sj.fit_labels(sj.CannonEmulator.train(ds[~sel]), ds[sel], continuum=0)
+    np.testing.assert_allclose(cv.result.continuum[sel], res.continuum, rtol=1e-9)
+    np.testing.assert_allclose(cv.result.cov_full[sel], res.cov_full, rtol=1e-7)
+
+
 def test_reject_outliers_finds_planted_bad_labels():
     ds = _labelled_set(n=250, seed=3)
     labels = ds.labels.copy()

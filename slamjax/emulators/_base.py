@@ -131,6 +131,8 @@ class LabelSystematics(eqx.Module):
         """Systematic covariance [N, L, L] at labels [N, L] (physical units; NaN rows give NaN)."""
         labels = np.atleast_2d(np.asarray(labels, dtype=np.float64))
         scale = np.asarray(self.scale)
+        if labels.ndim != 2 or labels.shape[1] != scale.size:
+            raise ValueError(f"labels must be [N, {scale.size}] (or [{scale.size}]), got shape {labels.shape}")
         pts = np.asarray(self.points) / scale
         exc = np.asarray(self.excess)
         smooth = None if self.log_var is None else np.asarray(self.log_var)

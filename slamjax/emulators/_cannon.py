@@ -91,12 +91,13 @@ class CannonEmulator(AbstractLinearEmulator):
             label_names: optional subset (and order) of ``ds.label_names`` to train on.
 
         Raises:
-            ValueError: without labels, with non-finite labels, with fewer stars than
+            ValueError: without labels, with non-finite labels, with no more stars than
                 coefficients, or with a constant label.
         """
         names, labels = training_labels(ds, label_names)
-        if order < 1:
-            raise ValueError(f"order must be >= 1, got {order}")
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+            raise ValueError(f"order must be an integer >= 1, got {order!r}")
+        order = int(order)  # a numpy integer would not serialise into the model file's JSON header
         terms = _monomials(len(names), order)
         n_terms = len(terms)
         if ds.n_spectra <= n_terms:

@@ -207,8 +207,8 @@ class PayneEmulator(AbstractEmulator):
                 "alpha_fe")`` for L = 4 (required otherwise).
             wave: wavelength grid [P] (Å). Without it the pixel index is used, with a
                 warning (fitting SpectrumSets then fails the grid check; pass the grid).
-            pixel_variance: model variance [P] (flux²); default 0 (the network is exact
-                for its own spectra).
+            pixel_variance: model variance [P] (flux², ≥ 0; inf gives a pixel zero weight);
+                default 0 (the network is exact for its own spectra).
             train_labels: [K, L] label vectors used as multi-start seeds by
                 :func:`slamjax.fit_labels` (``init="training"``). Default: a regular grid of
                 ``k^L`` points (k = 4 for L = 4, 256 points) at the cell centres of the box
@@ -236,6 +236,8 @@ class PayneEmulator(AbstractEmulator):
         ):
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape} (from w_array_0 {w0.shape}), got {arr.shape}")
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ValueError("x_min and x_max must be finite")
         if not np.all(hi > lo):
             raise ValueError("x_max must exceed x_min for every label")
         for name, arr in (("w_array_0", w0), ("b_array_0", b0), ("w_array_1", w1), ("b_array_1", b1)):
@@ -261,11 +263,15 @@ class PayneEmulator(AbstractEmulator):
         pixel_variance = np.asarray(pixel_variance, dtype=np.float64)
         if pixel_variance.shape != (n_pix,):
             raise ValueError(f"pixel_variance must have shape ({n_pix},), got {pixel_variance.shape}")
+        if not np.all(pixel_variance >= 0):  # NaN and negative values; inf (pixel unused) is allowed
+            raise ValueError("pixel_variance must be >= 0 (inf for an unusable pixel), not negative or NaN")
         if train_labels is None:
             train_labels = _box_grid(lo, hi)
         train_labels = np.asarray(train_labels, dtype=np.float64)
-        if train_labels.ndim != 2 or train_labels.shape[1] != n_lab:
-            raise ValueError(f"train_labels must be [K, {n_lab}], got shape {train_labels.shape}")
+        if train_labels.ndim != 2 or train_labels.shape[1] != n_lab or train_labels.shape[0] == 0:
+            raise ValueError(f"train_labels must be [K, {n_lab}] with K >= 1, got shape {train_labels.shape}")
+        if not np.all(np.isfinite(train_labels)):
+            raise ValueError("train_labels contains non-finite values")
         space = LabelSpace(
             names=label_names,
             mean=jnp.asarray(0.5 * (lo + hi)),
@@ -485,9 +491,16 @@ class PayneEmulator(AbstractEmulator):
         sig2 = np.where(g_val, 1.0 / np.where(g_val, ivar[i_val], 1.0), 0.0)
         excess = np.where(g_val, (flux0[i_val] - model) ** 2 - sig2, 0.0)
         s2 = np.maximum(excess.sum(axis=0) / np.maximum(g_val.sum(axis=0), 1), 0.0)
-        s2 = np.where(unusable, np.inf, s2)
+        # No good validation spectrum: the model's error there is unknown, not zero.
+        unvalidated = ~unusable & (g_val.sum(axis=0) == 0)
+        s2 = np.where(unusable | unvalidated, np.inf, s2)
         if unusable.any():
             logger.warning("PayneEmulator: %d pixels have no good training data; given zero weight", unusable.sum())
+        if unvalidated.any():
+            logger.warning(
+                "PayneEmulator: %d pixels have no good validation spectrum (model variance unknown); given zero weight",
+                unvalidated.sum(),
+            )
         em = eqx.tree_at(lambda e: e.pixel_variance, em, jnp.asarray(s2))
         if systematics:
             from ..validate import label_systematics

@@ -11,15 +11,22 @@ recommends the AND mask for science, the OR mask flags too much in multi-exposur
 or ``ivar <= 0`` or the flux is not finite.
 
 RV: ``c * Z`` from the SPALL table when present (``None`` otherwise); S/N: ``SN_MEDIAN_ALL``.
+A non-zero ``ZWARNING`` (the pipeline's redshift is unreliable: small Δχ² between templates,
+little wavelength coverage, ...) is kept in ``meta["zwarning"]`` and logged as a warning; the RV
+is still given (fit it with the labels, ``fit_labels(..., rv=True)``, where it matters).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 from astropy.io import fits
 
 from ._common import C_KMS, clean_ivar, has_columns, header_float, open_fits
 from ._spectrum import Spectrum
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["identify", "load"]
 
@@ -59,6 +66,7 @@ def load(source) -> Spectrum:
         z = None if z is None or not np.isfinite(z) else float(z)
         rv = None if z is None else C_KMS * z
         snr = _spall_value(hdul, "SN_MEDIAN_ALL")
+        zwarning = _spall_value(hdul, "ZWARNING")
         plate = header.get("PLATEID", header.get("PLATE"))
         mjd, fiber = header.get("MJD"), header.get("FIBERID")
         if plate is not None and mjd is not None and fiber is not None:
@@ -77,6 +85,15 @@ def load(source) -> Spectrum:
             "doppler_shift": rv,
             "segments": [(0, wave.size)],
         }
+        if zwarning is not None:
+            meta["zwarning"] = int(zwarning)
+            if zwarning != 0 and rv is not None:
+                logger.warning(
+                    "%s: ZWARNING = %d (SDSS flags its redshift as unreliable); RV %.1f km/s from Z used as given",
+                    path or ident or "SDSS spectrum",
+                    int(zwarning),
+                    rv,
+                )
         if header_float(header, "PLUG_RA") is not None:
             meta["ra"], meta["dec"] = header_float(header, "PLUG_RA"), header_float(header, "PLUG_DEC")
         return Spectrum(
