@@ -192,10 +192,25 @@ def test_train_bad_input(lines):
         sd.LassoMLP.train(nan_lab, key=0)
     with pytest.raises(ValueError, match="unknown label"):
         sd.LassoMLP.train(lines, key=0, label_names=["fe_h"])
+    with pytest.raises(ValueError, match="not the string"):  # was read as the labels 't', 'e', 'f', 'f'
+        sd.LassoMLP.train(lines, key=0, label_names="teff")
     with pytest.raises(ValueError, match="kernel_size"):
         sd.SpectrumCNN.train(lines, key=0, kernel_size=4)
     with pytest.raises(TypeError, match="key"):
         sd.SpectrumCNN.train(lines, key="seed")
+
+
+def test_robust_label_scale_of_a_label_most_stars_share():
+    """robust=True scales by the IQR; a label with most stars at one value (an [α/M] = 0 grid)
+    has IQR 0 but a real spread: it falls back to the standard deviation instead of refusing."""
+    from slamjax.direct._common import LabelScaler
+
+    alpha = np.r_[np.zeros(80), np.linspace(0.1, 0.4, 20)]
+    labels = np.column_stack([np.linspace(4000, 7000, 100), alpha])
+    sc = LabelScaler.from_training(labels, ("teff", "alpha_m"), log_teff=True, robust=True)
+    assert float(sc.scale[1]) == pytest.approx(alpha.std(), rel=1e-6) and float(sc.center[1]) == 0.0
+    with pytest.raises(ValueError, match="zero spread"):
+        LabelScaler.from_training(labels * [1, 0], ("teff", "alpha_m"), log_teff=True, robust=True)
 
 
 def test_nan_loss_raises():

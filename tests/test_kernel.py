@@ -256,6 +256,18 @@ def test_bad_training_pixels_are_imputed_not_used():
     np.testing.assert_allclose(em_bad.predict(lab)[:, 3], em_ref.predict(lab)[:, 3], atol=0.01)
 
 
+def test_pixels_with_many_bad_training_entries_are_named(caplog):
+    """Imputation is approximate where many stars are bad at a pixel (class docstring): training
+    says which pixels and how many bad entries they have."""
+    ds, _ = _smooth_problem(m=60, p=6, seed=2)
+    ivar = ds.ivar.copy()
+    ivar[:12, 2] = 0.0  # 20 % bad
+    ivar[:3, 4] = 0.0  # 5 %: not named
+    with caplog.at_level("WARNING", logger="slamjax.emulators._kernel"):
+        sj.KernelEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ivar, labels=ds.labels, label_names=ds.label_names))
+    assert "1 pixels have > 10% bad training entries (up to 20%)" in caplog.text
+
+
 def test_cv_mse_is_undefined_at_dead_and_constant_pixels(caplog):
     """cv_mse was 0 at a pixel bad in every star (and at a constant one), so its COD read as 1."""
     ds, _ = _smooth_problem(m=100, p=8, seed=4)
@@ -309,8 +321,12 @@ def test_errors():
         sj.KernelEmulator.train(ds, n_inducing=2)
     with pytest.raises(ValueError, match="exact model"):
         sj.KernelEmulator.train(ds, n_inducing=10, loss="epsilon")
-    with pytest.raises(ValueError, match="> 0"):
-        sj.KernelEmulator.train(ds, gamma_grid=[-1.0])
+    for grids in ({"gamma_grid": [-1.0]}, {"gamma_grid": [np.inf]}, {"lam_grid": [np.nan, 0.1]}):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            sj.KernelEmulator.train(ds, **grids)
+    for chunk in (0, -1, 2.5):  # -1 trained an emulator of mean fluxes with cv_mse = inf
+        with pytest.raises(ValueError, match="pixel_chunk"):
+            sj.KernelEmulator.train(ds, pixel_chunk=chunk)
     with pytest.raises(ValueError, match="no labels"):
         sj.KernelEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ds.ivar))
     em = sj.KernelEmulator.train(ds, cv="loo")

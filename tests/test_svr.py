@@ -154,6 +154,13 @@ def test_emulator_epsilon_loss(tmp_path, caplog):
     back = sj.load_emulator(ep.save(tmp_path / "svr.npz"))
     assert type(back) is sj.KernelEmulator
     np.testing.assert_array_equal(back.predict(test[:4]), ep.predict(test[:4]))
+    # a dead pixel (no good training entry) keeps the plain mean of 1, no SVR intercept
+    ivar = ds.ivar.copy()
+    ivar[:, 0] = 0.0
+    dead = sj.SpectrumSet(ds.wave, ds.flux, ivar, labels=ds.labels, label_names=ds.label_names)
+    ep_dead = sj.KernelEmulator.train(dead, loss="epsilon", epsilon=0.05)
+    np.testing.assert_array_equal(ep_dead.predict(test[:3])[:, 0], 1.0)
+    assert np.isinf(np.asarray(ep_dead.pixel_variance)[0])
     with pytest.raises(ValueError, match="loss"):
         sj.KernelEmulator.train(ds, loss="huber")
     with pytest.raises(ValueError, match="epsilon"):

@@ -113,7 +113,8 @@ class LabelScaler(eqx.Module):
     """Physical labels <-> network targets: optional log10 (Teff), then ``(y - center) / scale``.
 
     ``robust=False``: center/scale are the mean and standard deviation of the training
-    targets; ``robust=True``: the median and the interquartile range.
+    targets; ``robust=True``: the median and the interquartile range (the standard deviation
+    where the interquartile range is 0 but the label varies).
     """
 
     names: tuple[str, ...] = eqx.field(static=True)
@@ -134,6 +135,8 @@ class LabelScaler(eqx.Module):
         if robust:
             q25, center, q75 = np.percentile(y, [25, 50, 75], axis=0)
             scale = q75 - q25
+            # most stars at one value (e.g. [α/M] = 0 on a grid) but a real spread: the IQR is 0
+            scale = np.where(scale > 0, scale, y.std(axis=0))
         else:
             center, scale = y.mean(axis=0), y.std(axis=0)
         flat = [n for n, s in zip(names, scale, strict=True) if not s > 0]
@@ -165,6 +168,8 @@ def training_arrays(ds, label_names=None):
         raise TypeError(f"train expects a SpectrumSet, got {type(ds).__name__}")
     if ds.labels is None:
         raise ValueError("training set has no labels")
+    if isinstance(label_names, str):
+        raise ValueError(f"label_names must be a sequence of names, not the string {label_names!r}")
     names = tuple(label_names) if label_names is not None else tuple(ds.label_names)
     if not names:
         raise ValueError("no labels to learn")
