@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,8 +77,10 @@ def cross_validate(
     """k-fold cross-validation of an emulator + :func:`slamjax.fit_labels` on a labelled set.
 
     For each fold, the emulator is trained on the other k − 1 folds and the held-out
-    spectra are fitted (``fit_kwargs`` go to ``fit_labels``). Returns a :class:`CVResult`
-    whose ``result`` lists the held-out fits in the original order of ``ds``.
+    spectra are fitted (``fit_kwargs`` go to ``fit_labels``; per-star arrays among them, an
+    ``init`` [N, L] or a ``prior`` of [N, L] arrays or per-star label means, give one row per
+    star of ``ds`` and are cut to each fold). Returns a :class:`CVResult` whose ``result``
+    lists the held-out fits in the original order of ``ds``.
 
     ``systematics_k``: also estimate each fold model's systematic label errors by an inner
     ``systematics_k``-fold CV on that fold's training stars only (:func:`cv_systematics`) and
@@ -179,7 +182,7 @@ def _fit_padded(em, ds, idx, n_rows, fit_kwargs) -> FitResult:
     of its first star, whose fits are dropped). Folds differ in size by one star, and every batch
     size would compile its own fit; padded to the largest fold they share one compilation."""
     padded = np.concatenate([idx, np.full(n_rows - idx.size, idx[0])])
-    res = fit_labels(em, ds[padded], **fit_kwargs)
+    res = fit_labels(em, ds[padded], **_per_star(fit_kwargs, ds.n_spectra, padded))
     if n_rows == idx.size:
         return res
     trimmed = {}
@@ -189,11 +192,38 @@ def _fit_padded(em, ds, idx, n_rows, fit_kwargs) -> FitResult:
     return FitResult(**trimmed)
 
 
+def _per_star(fit_kwargs: dict, n: int, rows: np.ndarray) -> dict:
+    """``fit_kwargs`` with the arrays that hold one row per star of a set of ``n`` cut to ``rows``
+    (as ``fit_labels`` reads them): ``init`` [N, L] or [N, S, L]; a ``prior`` pair of [N, ·]
+    arrays (2-D; a 1-D array is one value per label); a mapping prior's per-star (1-D, length
+    N) means or sigmas. Everything else is passed on as it is."""
+    out = dict(fit_kwargs)
+    init = out.get("init")
+    if isinstance(init, (np.ndarray, list, tuple)) and np.ndim(init) >= 2 and np.shape(init)[0] == n:
+        out["init"] = np.asarray(init)[rows]
+    prior = out.get("prior")
+
+    def cut(v, ndim):
+        return np.asarray(v)[rows] if np.ndim(v) == ndim and np.shape(v)[0] == n else v
+
+    if isinstance(prior, Mapping):
+        out["prior"] = {
+            name: tuple(cut(v, 1) for v in pair) if isinstance(pair, (tuple, list)) and len(pair) == 2 else pair
+            for name, pair in prior.items()
+        }
+    elif isinstance(prior, (tuple, list)) and len(prior) == 2:
+        out["prior"] = tuple(cut(v, 2) for v in prior)
+    return out
+
+
 def _fold_models(ds, fold, k, emulator, train_kwargs, systematics_k, seed, fit_kwargs):
     """The k fold models (each trained without its fold) in one array layout: one compiled fit
     serves them all (the kernel emulator's γ groups and centre count differ between folds, and
     compiling once per fold dominated its cross-validation)."""
-    models = [_fold_model(ds[fold != i], emulator, train_kwargs, systematics_k, seed, fit_kwargs) for i in range(k)]
+    models = [
+        _fold_model(ds[train], emulator, train_kwargs, systematics_k, seed, _per_star(fit_kwargs, ds.n_spectra, train))
+        for train in (np.flatnonzero(fold != i) for i in range(k))
+    ]
     return type(models[0])._common_shapes(models)
 
 
@@ -407,7 +437,7 @@ def snr_ladder(
         idx = np.flatnonzero(fold == i)
         for r, snr in enumerate(snrs):
             test = degrade(ds[idx], snr, seed=seed + 1000 * r + i)
-            res = _fit_padded(em, test, np.arange(idx.size), n_max, fit_kwargs)
+            res = _fit_padded(em, test, np.arange(idx.size), n_max, _per_star(fit_kwargs, n, idx))
             if labels is None:
                 labels = np.full((len(snrs), n, res.labels.shape[1]), np.nan)
                 errors = np.full_like(labels, np.nan)

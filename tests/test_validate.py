@@ -63,6 +63,26 @@ def test_cross_validate_keeps_the_nuisance_outputs():
     np.testing.assert_allclose(cv.result.cov_full[sel], res.cov_full, rtol=1e-7)
 
 
+def test_cross_validate_cuts_per_star_priors_and_starts_to_each_fold():
+    """A per-star prior (e.g. photometric Teff) and per-star starts, given for all stars of the set,
+    reach each held-out star's own fit (they failed with a shape error in the first fold)."""
+    ds = _labelled_set(n=60)
+    teff = ds.label("teff") + 30.0
+    prior = {"teff": (teff, np.full(60, 5.0))}  # tight: the fit follows the prior
+    init = ds.labels * 1.001
+    cv = sj.validate.cross_validate(ds, emulator="cannon", k=3, seed=1, prior=prior, init=init)
+    assert np.all(np.abs(cv.result.labels[:, 0] - teff) < 5.0)
+    sel = cv.fold == 2
+    em = sj.CannonEmulator.train(ds[~sel])
+    ref = sj.fit_labels(em, ds[sel], prior={"teff": (teff[sel], 5.0)}, init=init[sel])
+    np.testing.assert_allclose(cv.result.labels[sel], ref.labels, rtol=1e-9)
+    mean = np.column_stack([teff, np.zeros((60, 2))])
+    sigma = np.column_stack([np.full(60, 5.0), np.full((60, 2), np.inf)])  # [N, L] arrays, no prior on log g, [Fe/H]
+    pair = (mean, sigma)
+    cv2 = sj.validate.cross_validate(ds, emulator="cannon", k=3, seed=1, prior=pair, init=init)
+    np.testing.assert_allclose(cv2.result.labels, cv.result.labels, rtol=1e-9)
+
+
 def test_reject_outliers_finds_planted_bad_labels():
     ds = _labelled_set(n=250, seed=3)
     labels = ds.labels.copy()
