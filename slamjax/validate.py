@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._fit import fit_labels
+from ._fit import _is_pair, fit_labels
 from ._result import FitResult
 from ._spectra import SpectrumSet
 from ._systematics import estimate as estimate_systematics
@@ -208,10 +208,9 @@ def _per_star(fit_kwargs: dict, n: int, rows: np.ndarray) -> dict:
 
     if isinstance(prior, Mapping):
         out["prior"] = {
-            name: tuple(cut(v, 1) for v in pair) if isinstance(pair, (tuple, list)) and len(pair) == 2 else pair
-            for name, pair in prior.items()
+            name: tuple(cut(v, 1) for v in pair) if _is_pair(pair) else pair for name, pair in prior.items()
         }
-    elif isinstance(prior, (tuple, list)) and len(prior) == 2:
+    elif _is_pair(prior):  # as fit_labels reads a prior (also a [2, N, L] array)
         out["prior"] = tuple(cut(v, 2) for v in prior)
     return out
 
