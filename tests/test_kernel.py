@@ -5,7 +5,7 @@ import pytest
 
 import slamjax as sj
 from slamjax import Status
-from slamjax.emulators._kernel import _cv_block
+from slamjax.emulators._kernel_cv import _cv_block
 
 
 def _smooth_problem(m=120, p=30, seed=0, snr=100.0):
@@ -43,7 +43,7 @@ def test_closed_form_loo_equals_brute_force():
     evals, q = np.linalg.eigh(k)
     for lam in (0.01, 0.1):
         block = _cv_block(q, np.maximum(evals, 0.0), q, y, np.ones_like(y, bool), np.array([lam]))
-        mse, md, _, alpha, _ = (np.asarray(a) for a in block)
+        mse, md, _, alpha, _, _ = (np.asarray(a) for a in block)
         # brute force: refit without star i, predict star i
         err = np.empty_like(y)
         for i in range(len(y)):
@@ -55,14 +55,17 @@ def test_closed_form_loo_equals_brute_force():
         np.testing.assert_allclose(alpha, np.linalg.solve(k + lam * np.eye(len(y)), y), rtol=1e-8, atol=1e-10)
 
 
-def _brute_force_errors(k_nr, k_rr, y, lam, folds):
-    """Refit min ||y_F' - K β||² + λ βᵀ K_rr β without each fold F, predict F."""
-    err = np.empty_like(y)
+def _brute_force_errors(k_nr, k_rr, y, lam, folds, good=None):
+    """Refit min ||y_F' - K β||² + λ βᵀ K_rr β without each fold F (on the ``good`` stars), predict F
+    (error 0 at stars that are not good)."""
+    good = np.ones(len(y), bool) if good is None else good
+    err = np.zeros_like(y)
     for test in folds:
-        keep = np.setdiff1d(np.arange(len(y)), test)
+        keep = np.setdiff1d(np.flatnonzero(good), test)
         a = k_nr[keep].T @ k_nr[keep] + lam * k_rr
         beta = np.linalg.lstsq(a, k_nr[keep].T @ y[keep], rcond=None)[0]
-        err[test] = y[test] - k_nr[test] @ beta
+        g = good[test].reshape((-1,) + (1,) * (y.ndim - 1))
+        err[test] = np.where(g, y[test] - k_nr[test] @ beta, 0.0)
     return err
 
 
@@ -244,28 +247,82 @@ def test_float32_flux_is_fitted_in_float64_by_default(caplog):
     assert sj.CannonEmulator.train(ds).float32_ok
 
 
-def test_bad_training_pixels_are_imputed_not_used():
-    ds, _ = _smooth_problem(m=200, p=10, seed=2)
+@pytest.mark.parametrize(("inducing", "cv"), [(None, "loo"), (25, "loo"), (None, 4)])
+def test_bad_training_entries_are_left_out_exactly(inducing, cv):
+    """Pixels with 1-14 bad stars of 60: the model and its CV MSE are those of the fit to the good entries
+    only (brute force: refit on the good stars without each fold). Two imputation rounds (the old method)
+    left the model at a pixel with ONE bad star 0.04 (4× the noise) away and its CV MSE 12 % off."""
+    from slamjax.validate import kfold_indices
+
+    ds, _ = _smooth_problem(m=60, p=5)
     flux, ivar = ds.flux.copy(), ds.ivar.copy()
-    flux[:20, 3] = 100.0
-    ivar[:20, 3] = 0.0
+    rng = np.random.default_rng(3)
+    for j, n_bad in enumerate([0, 1, 4, 9, 14]):
+        b = rng.choice(60, n_bad, replace=False)
+        ivar[b, j], flux[b, j] = 0.0, 50.0
     bad = sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names)
-    em_bad = sj.KernelEmulator.train(bad)
+    em = sj.KernelEmulator.train(bad, gamma_grid=[0.3], lam_grid=[0.003], cv=cv, n_inducing=inducing, seed=2)
+    x = (np.asarray(ds.labels) - np.asarray(ds.labels).mean(0)) / np.asarray(ds.labels).std(0)
+    good = ivar > 0
+    y = np.where(good, (flux - np.asarray(em.flux_mean)) / np.asarray(em.flux_scale), 0.0)
+    centres = np.arange(60) if inducing is None else np.sort(np.random.default_rng(2).choice(60, 25, replace=False))
+    k_nr = np.exp(-0.3 * np.sum((x[:, None, :] - x[None, centres, :]) ** 2, axis=2))
+    fold = kfold_indices(60, 4, seed=2)
+    folds = [[i] for i in range(60)] if cv == "loo" else [np.flatnonzero(fold == f) for f in range(4)]
+    pred = em.predict(ds.labels)
+    for j in range(5):
+        g = good[:, j]
+        err = _brute_force_errors(k_nr, k_nr[centres], y[:, j], 0.003, folds, good=g)
+        np.testing.assert_allclose(float(em.cv_mse[j]), np.sum(err**2) / g.sum(), rtol=1e-8)
+        np.testing.assert_allclose(float(em.cv_md[j]), np.sum(np.abs(err)) / g.sum(), rtol=1e-8)
+        a = k_nr[g].T @ k_nr[g] + 0.003 * k_nr[centres]
+        beta = np.linalg.lstsq(a, k_nr[g].T @ y[g, j], rcond=None)[0]
+        ref = (k_nr @ beta) * float(em.flux_scale[j]) + float(em.flux_mean[j])
+        np.testing.assert_allclose(pred[:, j], ref, atol=1e-9)
+
+
+def test_many_bad_entries_are_imputed_and_named(caplog, monkeypatch):
+    """Above EXACT_BAD_MAX bad entries a pixel is imputed (approximate); training names such pixels."""
+    from slamjax.emulators import _kernel, _kernel_cv
+
+    monkeypatch.setattr(_kernel, "EXACT_BAD_MAX", 5)
+    monkeypatch.setattr(_kernel_cv, "EXACT_BAD_MAX", 5)
+    ds, _ = _smooth_problem(m=200, p=6, seed=2)
+    flux, ivar = ds.flux.copy(), ds.ivar.copy()
+    flux[:20, 2], ivar[:20, 2] = 100.0, 0.0  # 10 %: imputed
+    flux[:3, 4], ivar[:3, 4] = 100.0, 0.0  # exact, not named
+    with caplog.at_level("WARNING", logger="slamjax.emulators._kernel"):
+        bad = sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names)
+        em_bad = sj.KernelEmulator.train(bad)
+    assert "1 pixels have more than 5 bad training entries (up to 10% of the stars)" in caplog.text
     em_ref = sj.KernelEmulator.train(ds)
     lab = ds.labels[:5]
-    np.testing.assert_allclose(em_bad.predict(lab)[:, 3], em_ref.predict(lab)[:, 3], atol=0.01)
+    np.testing.assert_allclose(em_bad.predict(lab)[:, 2], em_ref.predict(lab)[:, 2], atol=0.01)
 
 
-def test_pixels_with_many_bad_training_entries_are_named(caplog):
-    """Imputation is approximate where many stars are bad at a pixel (class docstring): training
-    says which pixels and how many bad entries they have."""
-    ds, _ = _smooth_problem(m=60, p=6, seed=2)
-    ivar = ds.ivar.copy()
-    ivar[:12, 2] = 0.0  # 20 % bad
-    ivar[:3, 4] = 0.0  # 5 %: not named
-    with caplog.at_level("WARNING", logger="slamjax.emulators._kernel"):
-        sj.KernelEmulator.train(sj.SpectrumSet(ds.wave, ds.flux, ivar, labels=ds.labels, label_names=ds.label_names))
-    assert "1 pixels have > 10% bad training entries (up to 20%)" in caplog.text
+def test_model_variance_is_maximum_likelihood():
+    """Held-out residuals with their own noise: equal σ gives the moment estimate mean(e²) − σ²; one
+    star with a 1000× larger σ no longer decides the estimate (the moment estimate went to 0 or ~40×)."""
+    from slamjax.emulators._kernel_cv import model_variance
+
+    rng = np.random.default_rng(0)
+    n, p, s2 = 400, 200, 4e-4
+    sig = np.full((n, p), 0.01)
+    e = rng.normal(size=(n, p)) * np.sqrt(s2 + sig**2)
+    good, usable = np.ones((n, p), bool), np.ones(p, bool)
+    same = model_variance(e, sig**2, good, usable)
+    np.testing.assert_allclose(same, np.maximum(np.mean(e**2, 0) - 1e-4, 0.0), rtol=1e-9, atol=1e-15)
+    sig[0] = 10.0
+    e[0] = rng.normal(size=p) * np.sqrt(s2 + 100.0)
+    ml = model_variance(e, sig**2, good, usable)
+    moment = np.maximum(np.mean(e**2, 0) - np.mean(sig**2, 0), 0.0)
+    rel = ml / s2
+    assert 0.85 < np.median(rel) < 1.15 and np.all((rel > 0.6) & (rel < 1.5))  # sampling error ~7 % for 400
+    assert np.mean((moment < 0.2 * s2) | (moment > 5 * s2)) > 0.5
+    # bad entries and unusable pixels
+    good[1:, 0] = False
+    usable[0] = False
+    assert np.isinf(model_variance(e, sig**2, good, usable)[0])
 
 
 def test_cv_mse_is_undefined_at_dead_and_constant_pixels(caplog):

@@ -8,20 +8,22 @@ and every pixel at once,
     α = Q diag(1/(Λ + λ)) Qᵀ y,      residual y − Kα = λ α,      H_ii = Σ_k Q_ik² Λ_k/(Λ_k + λ),
 
 and the exact leave-one-out residual e_i = λ α_i / (1 − H_ii). Each pixel keeps the (γ, λ) of
-lowest LOO MSE. Its model variance (used by ``fit_labels``) is the LOO MSE in flux² units minus
-the mean noise variance of the training fluxes at that pixel (floored at 0): a held-out residual
-is model error plus the held-out star's own noise, E e² = s² + mean(1/ivar), and only s² belongs
-to the model (counting the training noise again would make error bars too large at high S/N).
+lowest LOO MSE. Its model variance (used by ``fit_labels``) comes from the held-out residuals: each
+is model error plus the held-out star's own noise, e_i ~ N(0, s² + 1/ivar_i), and s² is the
+maximum-likelihood value over the pixel's good training entries (floored at 0; with equal noise it
+is the LOO MSE minus the noise variance). Only s² belongs to the model: counting the training
+noise again would make error bars too large at high S/N.
 
-Bad training pixels (ivar = 0) get zero weight by imputation: they are first set to the pixel's
-mean, then replaced by the selected model's fitted value and the selection is repeated
-(``n_impute`` rounds; the fixed point of this EM iteration is the fit to the good pixels only).
-Good pixels are equally weighted, as in SLAM. Two rounds are close to that fixed point where few
-stars are bad at a pixel (the bundled MILES sample: at most 4 of 434), not where many are at small
-λ: with 30 of 150 stars bad at a pixel and λ = 1e-3 the model there stayed ~3× the noise from the
-good-only fit. The held-out residuals of the CV MSE are taken at good pixels only, but the imputed
-values (fitted with the held-out star) enter the fits behind them, so the CV MSE at such pixels is
-optimistic. Training warns about pixels with more than 10 % bad entries.
+Bad training entries (ivar = 0 or non-finite flux) are left out exactly: at a pixel with up to
+``_kernel_cv.EXACT_BAD_MAX`` (64) bad stars, the model and its held-out residuals are those of the
+fit to the good stars alone, from the full-data eigendecomposition plus one small solve over the
+bad stars per pixel and λ (``_kernel_cv``). Good pixels are equally weighted, as in SLAM. Pixels
+with more bad stars are imputed instead (bad values set to the pixel's mean, then to the selected
+model's fitted value, ``n_impute`` rounds; the fixed point is the good-only fit), which is close to
+it only where λ is large or the bad stars have close neighbours, and whose CV MSE is optimistic
+(the imputed values were fitted with the held-out star); training names such pixels. (Before the
+exact form, two imputation rounds at a pixel with ONE bad star of 60 left the model 4× the noise
+from the good-only fit at λ = 0.003.)
 
 Large training sets (``n_inducing``): an n × n eigendecomposition per γ costs O(n³) (17,000
 stars: ~10¹³ flops per γ). Then the model is restricted to kernels centred on r inducing stars
@@ -44,13 +46,13 @@ import dataclasses
 import logging
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._spectra import SpectrumSet
 from ._base import AbstractEmulator, LabelSpace, register, training_labels
+from ._kernel_cv import EXACT_BAD_MAX, model_variance, select
 from ._kernel_fit import _KernelFitForm, _KernelGroupedForm
 from ._svr import epsilon_refit
 
@@ -77,8 +79,9 @@ class KernelEmulator(AbstractEmulator):
     Attributes:
         space: label names, standardisation and training box.
         wave: wavelength grid [P].
-        pixel_variance: model variance s² [P] in flux² units: CV MSE minus the mean training
-            noise variance, floored at 0 (``inf`` for unusable pixels).
+        pixel_variance: model variance s² [P] in flux² units: the maximum-likelihood variance of
+            the held-out residuals beyond each training star's own noise, floored at 0 (``inf`` for
+            unusable pixels).
         x_train: standardised labels of the kernel centres [m, L]: all training stars, or the
             ``n_inducing`` inducing stars.
         coef: α [m, P] in standardised-flux units, pixel columns ordered by γ group.
@@ -248,7 +251,8 @@ class KernelEmulator(AbstractEmulator):
                 docstring); ``None``: exact (all stars) up to 3,000 stars, else 2,000. Pass
                 ``n_inducing >= n`` to force the exact model.
             seed: seed for the choice of inducing stars and of the k folds.
-            n_impute: rounds of bad-pixel imputation (only when there are bad pixels).
+            n_impute: rounds of bad-entry imputation at pixels with more than ``EXACT_BAD_MAX`` (64) bad
+                training stars (fewer are left out exactly).
             pixel_chunk: pixels per block (bounds memory at about 6·m·pixel_chunk floats).
             label_names: optional subset/order of labels.
             loss: ``"squared"`` (kernel ridge regression) or ``"epsilon"`` (SLAM's ε-SVR). With
@@ -312,22 +316,26 @@ class KernelEmulator(AbstractEmulator):
             centres = np.sort(np.random.default_rng(seed).choice(m, int(n_inducing), replace=False))
             logger.info("KernelEmulator: %d inducing stars of %d", centres.size, m)
         spectral = [_spectral(x, centres, g) for g in gammas]
-        rounds = 1 + (n_impute if not good.all() else 0)
-        frac_bad = 1.0 - n_good / m
-        patchy = usable & (frac_bad > 0.1)
+        # Pixels with up to EXACT_BAD_MAX bad entries are fitted and cross-validated on their good entries
+        # exactly (_kernel_cv); the others (and dead pixels) by imputation rounds.
+        n_bad = m - n_good
+        cols = np.flatnonzero((n_bad > 0) & ~((n_bad <= EXACT_BAD_MAX) & usable))
+        rounds = 1 + (n_impute if cols.size else 0)
+        patchy = usable & (n_bad > EXACT_BAD_MAX)
         if patchy.any():
             logger.warning(
-                "KernelEmulator: %d pixels have > 10%% bad training entries (up to %.0f%%); their model and CV MSE "
-                "come from %d imputation rounds and are approximate there (see the class docstring)",
+                "KernelEmulator: %d pixels have more than %d bad training entries (up to %.0f%% of the stars); "
+                "their model and CV MSE come from %d imputation rounds and are approximate there "
+                "(see slamjax.emulators._kernel's docstring)",
                 int(patchy.sum()),
-                100 * float(frac_bad[patchy].max()),
+                EXACT_BAD_MAX,
+                100 * float(n_bad[patchy].max()) / m,
                 rounds - 1,
             )
-        sel = _select(spectral, y, good, lams, pixel_chunk, folds)
-        cols = np.flatnonzero(~good.all(axis=0))  # only pixels with bad entries change under imputation
+        sel = select(spectral, y, good, lams, pixel_chunk, folds)
         for _ in range(rounds - 1):
             y[:, cols] = np.where(good[:, cols], y[:, cols], y[:, cols] - sel["resid"][:, cols])  # impute the fit
-            sub = _select(spectral, y[:, cols], good[:, cols], lams, pixel_chunk, folds)
+            sub = select(spectral, y[:, cols], good[:, cols], lams, pixel_chunk, folds)
             for key, value in sub.items():
                 sel[key][..., cols] = value
 
@@ -336,7 +344,8 @@ class KernelEmulator(AbstractEmulator):
         if loss == "epsilon":
             eig = [(sp[1], sp[0]) for sp in spectral]  # exact model: (eigenvalues, eigenvectors)
             logger.warning("KernelEmulator: loss='epsilon': cv_mse/pixel_variance are those of the squared-loss model")
-            coef, b, conv = epsilon_refit(eig, y, good, gidx, sel["lam"], epsilon, pixel_chunk)
+            y_fit = np.where(good, y, y - sel["resid"])  # bad entries at the good-only model (the ridge warm start)
+            coef, b, conv = epsilon_refit(eig, y_fit, good, gidx, sel["lam"], epsilon, pixel_chunk)
             mean = mean + np.where(usable, b, 0.0) * scale  # the SVR intercept, in flux units (none at dead pixels)
             if not conv.all():
                 logger.warning("KernelEmulator: ε-SVR not converged for %d pixels", int((~conv).sum()))
@@ -348,10 +357,10 @@ class KernelEmulator(AbstractEmulator):
             if idx.size:
                 groups.append((int(idx[0]), int(idx[-1]) + 1))
                 gam_used.append(gammas[g])
-        # CV residual² = model error² + the held-out star's noise²: keep the model part only.
-        noise_var = np.where(good, 1.0 / np.where(good, ds.ivar, 1.0), 0.0).sum(axis=0) / np.maximum(n_good, 1)
-        pixel_var = np.maximum(sel["mse"] * scale**2 - noise_var, 0.0)
-        pixel_var = np.where(usable, pixel_var, np.inf)
+        # CV residual² = model error² + the held-out star's noise²: keep the model part only (maximum
+        # likelihood over the held-out residuals, each with its own star's noise; _kernel_cv.model_variance).
+        noise_var = 1.0 / np.where(good, ds.ivar, 1.0)
+        pixel_var = model_variance(sel["e"] * scale[None, :], noise_var, good, usable)
         if not usable.all():
             logger.warning(
                 "KernelEmulator: %d pixels have < 3 good training pixels; given zero weight", int((~usable).sum())
@@ -400,72 +409,3 @@ def _spectral(x, centres, gamma):
     sig = np.sqrt(sig2)
     u = (phi @ w) / sig[None, :]
     return u, sig2, (v @ w) * sig[None, :]
-
-
-def _select(spectral, y, good, lams, pixel_chunk, folds):
-    """Per-pixel best (γ, λ) by exact LOO (or k-fold) MSE over good entries; coefficients and residuals."""
-    n, p = y.shape
-    r = spectral[0][2].shape[0]
-    best = {
-        "mse": np.full(p, np.inf),
-        "md": np.full(p, np.nan),
-        "lam": np.full(p, lams[0]),
-        "gidx": np.zeros(p, dtype=np.int64),
-        "coef": np.zeros((r, p)),
-        "resid": np.zeros((n, p)),
-    }
-    lams_j = jnp.asarray(lams)
-    folds_j = None if folds is None else [jnp.asarray(f) for f in folds]
-    for g, (u, sig2, c) in enumerate(spectral):
-        u_j, sig2_j, c_j = jnp.asarray(u), jnp.asarray(sig2), jnp.asarray(c)
-        for c0 in range(0, p, pixel_chunk):
-            c1 = min(c0 + pixel_chunk, p)
-            block = _cv_block(u_j, sig2_j, c_j, jnp.asarray(y[:, c0:c1]), jnp.asarray(good[:, c0:c1]), lams_j, folds_j)
-            mse, md, li, coef, resid = (np.asarray(a) for a in block)
-            better = mse < best["mse"][c0:c1]
-            sl = slice(c0, c1)
-            best["mse"][sl] = np.where(better, mse, best["mse"][sl])
-            best["md"][sl] = np.where(better, md, best["md"][sl])
-            best["lam"][sl] = np.where(better, lams[li], best["lam"][sl])
-            best["gidx"][sl] = np.where(better, g, best["gidx"][sl])
-            best["coef"][:, sl] = np.where(better[None, :], coef, best["coef"][:, sl])
-            best["resid"][:, sl] = np.where(better[None, :], resid, best["resid"][:, sl])
-    return best
-
-
-@jax.jit
-def _cv_block(u, sig2, c, y, good, lams, folds=None):
-    """For one γ and a block of pixels: best λ per pixel by exact LOO (``folds=None``) or k-fold MSE."""
-    uty = u.T @ y  # [k, p]
-    u2 = u * u
-    n = jnp.maximum(jnp.sum(good, axis=0), 1)
-
-    def one(lam):
-        shrink = sig2 / (sig2 + lam)
-        resid = y - u @ (shrink[:, None] * uty)
-        if folds is None:
-            h = u2 @ shrink  # hat-matrix diagonal [n]
-            e = resid / (1.0 - h)[:, None]
-        else:
-            e = jnp.zeros_like(resid)
-            for idx in folds:
-                uf = u[idx]
-                h_ff = (uf * shrink[None, :]) @ uf.T
-                e = e.at[idx].set(jnp.linalg.solve(jnp.eye(idx.shape[0], dtype=h_ff.dtype) - h_ff, resid[idx]))
-        e = jnp.where(good, e, 0.0)
-        return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n
-
-    def body(carry, lam):
-        bmse, bmd, bli, i = carry
-        mse, md = one(lam)
-        better = mse < bmse
-        return (jnp.where(better, mse, bmse), jnp.where(better, md, bmd), jnp.where(better, i, bli), i + 1), None
-
-    p = y.shape[1]
-    init = (jnp.full(p, jnp.inf), jnp.zeros(p), jnp.zeros(p, jnp.int32), jnp.int32(0))
-    (mse, md, li, _), _ = jax.lax.scan(body, init, lams)
-    # Coefficients and residuals once, at each pixel's own best λ (not for every λ in the scan).
-    denom = sig2[:, None] + lams[li][None, :]  # [k, p]
-    coef = c @ (uty / denom)
-    resid = y - u @ (sig2[:, None] * uty / denom)
-    return mse, md, li, coef, resid

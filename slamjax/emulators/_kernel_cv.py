@@ -1,0 +1,289 @@
+"""The kernel emulator's model selection: exact LOO / k-fold CV of every (γ, λ) for every pixel,
+with bad training entries left out exactly, and the model variance from the held-out residuals.
+
+Notation (see ``_kernel``'s module docstring): for one γ the hat matrix of the ridge problem is
+H = U diag(s) Uᵀ with s = σ²/(σ² + λ); the full-data fit of a pixel is f = H y.
+
+Bad training entries (ivar = 0 or non-finite flux) of a pixel form a set b. The fit to the good
+entries g only is the fixed point of imputation: values y_b with (I − H_bb) y_b = (H y₀)_b, where
+y₀ is y with zeros at b, make the full-data fit pass through them (its residual at b is zero, so
+they do not pull on the fit), and the full-data fit of y₀ + y_b is then the good-only fit. One
+B × B solve per pixel and λ (B = |b|) gives it exactly (``_cv_block_bad``); imputation rounds
+converge to it only slowly where λ is small and a bad star has high leverage.
+
+The held-out residuals are those of the good-only problem. Leaving out a set F of good stars is
+the same problem with the missing set b ∪ F. For LOO (F = {i}) the good-only hat diagonal is
+H^g_ii = H_ii + H_ib (I − H_bb)⁻¹ H_bi (Woodbury on the features of b), and e_i = r_i / (1 − H^g_ii).
+For k-fold, with P = I − H_FF (shared by all pixels) and b' = b \\ F, the values at F of the
+fit without F ∪ b' solve the block system [[P, −H_Fb'], [−H_b'F, I − H_b'b']] [y_F; y_b'] =
+(H y_{−F∪b})_{F∪b'}, by the Schur complement on b' (a B × B solve per pixel after one P⁻¹ per
+fold and λ). A pixel with B bad entries costs ~B times a pixel without (an n × B block of H);
+pixels with more than ``EXACT_BAD_MAX`` bad entries are left to imputation rounds
+(``KernelEmulator.train``), which is approximate there.
+
+Model variance (``model_variance``): a held-out residual is model error plus the held-out star's
+own noise, e_i ~ N(0, s² + σ_i²). s² is the maximum-likelihood value over the good entries of a
+pixel (floored at 0); with equal σ_i it is mean(e²) − σ², the moment estimate. Unlike that estimate
+it is not dominated by one star with a huge σ_i (a flagged pixel given a large error instead of
+ivar = 0), whose e_i² − σ_i² is mostly noise.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EXACT_BAD_MAX = 64  # pixels with more bad training entries than this are imputed (approximate)
+_BAD_BLOCK_FLOATS = 2**22  # pixels per exact bad-entry block: ~this many floats in its n × B blocks of H
+
+
+def select(spectral, y, good, lams, pixel_chunk, folds):
+    """Per-pixel best (γ, λ) by exact LOO (or k-fold) MSE over good entries.
+
+    Pixels whose bad entries number 1 to ``EXACT_BAD_MAX`` (and which have at least 3 good ones) are
+    fitted and cross-validated on their good entries exactly (``_cv_block_bad``); the other pixels
+    use ``y`` as given at bad entries (zeros, or values imputed by the caller). Returns ``mse``,
+    ``md``, ``lam``, ``gidx``, ``coef`` [r, P], ``resid`` = y − fit [n, P] and the held-out residuals
+    ``e`` [n, P] (0 at bad entries), all at each pixel's selected (γ, λ)."""
+    n, p = y.shape
+    n_bad = n - good.sum(axis=0)
+    exact = np.flatnonzero((n_bad >= 1) & (n_bad <= EXACT_BAD_MAX) & (n - n_bad >= 3))
+    lams_j = jnp.asarray(lams)
+    folds_j = None if folds is None else [jnp.asarray(f) for f in folds]
+    # Every pixel in contiguous blocks (the exact pixels' results are replaced below: ~B times their cost, so
+    # few of them; contiguous blocks update the best values in place)
+    best = _empty_best(spectral, n, p, lams)
+    for g, (u, sig2, c) in enumerate(spectral):
+        u_j, sig2_j, c_j = jnp.asarray(u), jnp.asarray(sig2), jnp.asarray(c)
+        for c0 in range(0, p, pixel_chunk):
+            sl = slice(c0, min(c0 + pixel_chunk, p))
+            block = _cv_block(u_j, sig2_j, c_j, jnp.asarray(y[:, sl]), jnp.asarray(good[:, sl]), lams_j, folds_j)
+            _keep(best, g, sl, lams, block)
+    if exact.size:
+        sub = _empty_best(spectral, n, exact.size, lams)
+        for g, (u, sig2, c) in enumerate(spectral):
+            u_j, sig2_j, c_j = jnp.asarray(u), jnp.asarray(sig2), jnp.asarray(c)
+            for at, bidx, bmask in _bad_buckets(good[:, exact], pixel_chunk):
+                cols = exact[at]
+                y0, good_b = jnp.asarray(np.where(good[:, cols], y[:, cols], 0.0)), jnp.asarray(good[:, cols])
+                _keep(sub, g, at, lams, _cv_block_bad(u_j, sig2_j, c_j, y0, good_b, bidx, bmask, lams_j, folds_j))
+        for key, value in sub.items():
+            best[key][..., exact] = value
+    return best
+
+
+def _empty_best(spectral, n, p, lams):
+    r = spectral[0][2].shape[0]
+    return {
+        "mse": np.full(p, np.inf),
+        "md": np.full(p, np.nan),
+        "lam": np.full(p, lams[0]),
+        "gidx": np.zeros(p, dtype=np.int64),
+        "coef": np.zeros((r, p)),
+        "resid": np.zeros((n, p)),
+        "e": np.zeros((n, p)),
+    }
+
+
+def _keep(best, g, at, lams, block):
+    """Update ``best`` at columns ``at`` (a slice or indices) where the block of γ index ``g`` is better."""
+    mse, md, li, coef, resid, e = (np.asarray(a) for a in block)
+    better = mse < best["mse"][at]
+    if isinstance(at, slice):  # in place, one pass per array
+        for key, value in (("mse", mse), ("md", md), ("lam", lams[li]), ("gidx", g)):
+            np.copyto(best[key][at], value, where=better)
+        for key, value in (("coef", coef), ("resid", resid), ("e", e)):
+            np.copyto(best[key][:, at], value, where=better[None, :])
+        return
+    upd = at[better]
+    best["mse"][upd], best["md"][upd], best["lam"][upd] = mse[better], md[better], lams[li[better]]
+    best["gidx"][upd] = g
+    for key, value in (("coef", coef), ("resid", resid), ("e", e)):
+        best[key][:, upd] = value[:, better]
+
+
+def _bad_buckets(good, pixel_chunk):
+    """Blocks of the columns of ``good`` [n, p] with equal padded bad-entry count B (1, 4, 16 or 64: few
+    compiled shapes; a compilation costs more than the padding at these sizes): (column indices, bad rows
+    [c, B], mask [c, B])."""
+    n = good.shape[0]
+    n_bad = n - good.sum(axis=0)
+    width = 4 ** np.ceil(np.log(n_bad) / np.log(4) - 1e-9).astype(np.int64)
+    out = []
+    for w in np.unique(width):
+        cols = np.flatnonzero(width == w)
+        per = int(max(1, min(pixel_chunk, _BAD_BLOCK_FLOATS // (n * w))))
+        for c0 in range(0, cols.size, per):
+            at = cols[c0 : c0 + per]
+            bidx = np.zeros((at.size, w), dtype=np.int64)
+            bmask = np.zeros((at.size, w), dtype=bool)
+            for j, col in enumerate(at):
+                bad = np.flatnonzero(~good[:, col])
+                bidx[j, : bad.size], bmask[j, : bad.size] = bad, True
+            out.append((at, jnp.asarray(bidx), jnp.asarray(bmask)))
+    return out
+
+
+@jax.jit
+def _cv_block(u, sig2, c, y, good, lams, folds=None):
+    """For one γ and a block of pixels: best λ per pixel by exact LOO (``folds=None``) or k-fold MSE.
+    Returns (mse, md, λ index, coef, resid, held-out residuals e) at each pixel's best λ."""
+    uty = u.T @ y  # [k, p]
+    u2 = u * u
+    n = jnp.maximum(jnp.sum(good, axis=0), 1)
+
+    def one(lam):
+        shrink = sig2 / (sig2 + lam)
+        resid = y - u @ (shrink[:, None] * uty)
+        if folds is None:
+            h = u2 @ shrink  # hat-matrix diagonal [n]
+            e = resid / (1.0 - h)[:, None]
+        else:
+            e = jnp.zeros_like(resid)
+            for idx in folds:
+                uf = u[idx]
+                h_ff = (uf * shrink[None, :]) @ uf.T
+                e = e.at[idx].set(jnp.linalg.solve(jnp.eye(idx.shape[0], dtype=h_ff.dtype) - h_ff, resid[idx]))
+        e = jnp.where(good, e, 0.0)
+        return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n, e
+
+    def body(carry, lam):
+        bmse, bmd, bli, be, i = carry
+        mse, md, e = one(lam)
+        better = mse < bmse
+        new = (jnp.where(better, mse, bmse), jnp.where(better, md, bmd), jnp.where(better, i, bli))
+        return new + (jnp.where(better[None, :], e, be), i + 1), None
+
+    p = y.shape[1]
+    init = (jnp.full(p, jnp.inf), jnp.zeros(p), jnp.zeros(p, jnp.int32), jnp.zeros_like(y), jnp.int32(0))
+    (mse, md, li, e, _), _ = jax.lax.scan(body, init, lams)
+    # Coefficients and residuals once, at each pixel's own best λ (not for every λ in the scan).
+    denom = sig2[:, None] + lams[li][None, :]  # [k, p]
+    coef = c @ (uty / denom)
+    resid = y - u @ (sig2[:, None] * uty / denom)
+    return mse, md, li, coef, resid, e
+
+
+@jax.jit
+def _cv_block_bad(u, sig2, c, y, good, bidx, bmask, lams, folds=None):
+    """``_cv_block`` for pixels with bad entries, fitted and cross-validated on their good entries
+    only (module docstring). ``y`` [n, p] is 0 at bad entries; ``bidx``/``bmask`` [p, B]: each pixel's
+    bad rows, padded (``bmask`` False). ``resid`` is y − fit, so ``y − resid`` at a bad entry is the
+    good-only model there."""
+    n = u.shape[0]
+    uty = u.T @ y  # [k, p]
+    u2 = u * u
+    n_good = jnp.maximum(jnp.sum(good, axis=0), 1)
+    eye_b = jnp.eye(bidx.shape[1], dtype=u.dtype)
+
+    def pixel(shrink, fold_inv, y1, good1, uty1, b1, m1):
+        """One pixel at one λ: (e [n], uty of the imputed flux [k], fit [n])."""
+        pair = m1[:, None] & m1[None, :]
+        fit0 = u @ (shrink * uty1)
+        ub = u[b1]  # [B, k]
+        hnb = (u @ (shrink[:, None] * ub.T)) * m1[None, :]  # H[:, b], padded columns 0
+        a = jnp.where(pair, eye_b - hnb[b1], eye_b)  # I − H_bb (identity at padding); positive definite
+        chol = jnp.linalg.cholesky(a)
+        yb = jax.scipy.linalg.cho_solve((chol, True), jnp.where(m1, fit0[b1], 0.0))
+        fit = fit0 + hnb @ yb
+        uty_full = uty1 + ub.T @ yb
+        r = jnp.where(good1, y1 - fit, 0.0)
+        if folds is None:
+            z = jax.scipy.linalg.cho_solve((chol, True), hnb.T)  # [B, n]
+            hg = u2 @ shrink + jnp.sum(hnb.T * z, axis=0)
+            e = r / (1.0 - hg)
+        else:
+            e = jnp.zeros(n, u.dtype)
+            for idx, p_inv in zip(folds, fold_inv):
+                in_f = jnp.zeros(n, bool).at[idx].set(True)
+                mf = m1 & ~in_f[b1]  # b' = b \ F
+                uf = u[idx]
+                s_uty = shrink * (uty1 - uf.T @ y1[idx])  # H y with F (and b) left out, in the U basis
+                t_f, t_b = uf @ s_uty, jnp.where(mf, ub @ s_uty, 0.0)
+                h_fb = hnb[idx] * mf[None, :]
+                pi_t, pi_h = p_inv @ t_f, p_inv @ h_fb
+                schur = jnp.where(mf[:, None] & mf[None, :], eye_b - hnb[b1] - h_fb.T @ pi_h, eye_b)
+                yb_f = jnp.linalg.solve(schur, t_b + h_fb.T @ pi_t)
+                y_f = pi_t + pi_h @ yb_f  # the fit without F at F
+                e = e.at[idx].set(y1[idx] - y_f)
+            e = jnp.where(good1, e, 0.0)
+        return e, uty_full, fit
+
+    def body(carry, lam):
+        bmse, bmd, bli, be, buty, bfit, i = carry
+        shrink = sig2 / (sig2 + lam)
+        fold_inv = None
+        if folds is not None:
+            fold_inv = []
+            for idx in folds:
+                uf = u[idx]
+                fold_inv.append(jnp.linalg.inv(jnp.eye(idx.shape[0], dtype=u.dtype) - (uf * shrink[None, :]) @ uf.T))
+        e, uty_full, fit = jax.vmap(pixel, in_axes=(None, None, 1, 1, 1, 0, 0), out_axes=(1, 1, 1))(
+            shrink, fold_inv, y, good, uty, bidx, bmask
+        )
+        mse = jnp.sum(e * e, axis=0) / n_good
+        md = jnp.sum(jnp.abs(e), axis=0) / n_good
+        better = mse < bmse
+        new = (jnp.where(better, mse, bmse), jnp.where(better, md, bmd), jnp.where(better, i, bli))
+        pick = lambda a, b: jnp.where(better[None, :], a, b)  # noqa: E731
+        return new + (pick(e, be), pick(uty_full, buty), pick(fit, bfit), i + 1), None
+
+    p = y.shape[1]
+    init = (
+        jnp.full(p, jnp.inf),
+        jnp.zeros(p),
+        jnp.zeros(p, jnp.int32),
+        jnp.zeros_like(y),
+        jnp.zeros_like(uty),
+        jnp.zeros_like(y),
+        jnp.int32(0),
+    )
+    (mse, md, li, e, uty_full, fit, _), _ = jax.lax.scan(body, init, lams)
+    coef = c @ (uty_full / (sig2[:, None] + lams[li][None, :]))
+    return mse, md, li, coef, y - fit, e
+
+
+def model_variance(e, noise_var, good, usable):
+    """Per-pixel model variance s² (flux² units) by maximum likelihood from held-out residuals ``e``
+    [n, P] (flux units) with e_i ~ N(0, s² + σ_i²), ``noise_var`` σ_i² [n, P], over the ``good``
+    entries; 0 when the likelihood falls at s² = 0, inf at pixels that are not ``usable``.
+
+    The score ∂ℓ/∂s² = ½ Σ_i [(e_i² − σ_i² − s²) / (σ_i² + s²)²] is negative for s² ≥ max e_i². Its root
+    is bracketed by 10 halvings in log s² of [1e-14, 1]·max e_i² (to a factor 1.03), then refined by 4
+    Newton steps kept inside the bracket; 0 when the score is not positive at the bottom of that range."""
+    e2 = jnp.where(good, jnp.asarray(e) ** 2, 0.0)
+    nv = jnp.where(good, jnp.asarray(noise_var), 1.0)
+    good = jnp.asarray(good)
+    return np.where(usable, np.asarray(_ml_variance(e2, nv, good)), np.inf)
+
+
+@jax.jit
+def _ml_variance(e2, nv, good):
+    def score(s2, slope=False):
+        t = nv + s2[None, :]
+        val = jnp.sum(jnp.where(good, (e2 - t) / (t * t), 0.0), axis=0)
+        if not slope:
+            return val
+        return val, jnp.sum(jnp.where(good, (t - 2.0 * e2) / (t * t * t), 0.0), axis=0)
+
+    top = jnp.maximum(jnp.max(e2, axis=0), jnp.finfo(e2.dtype).tiny)
+    lo, hi = jnp.log(top * 1e-14), jnp.log(top)
+    floor = score(jnp.exp(lo)) > 0
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        up = score(jnp.exp(mid)) > 0  # the likelihood still rises: the root is above mid
+        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 10, halve, (lo, hi))
+    lo, hi = jnp.exp(lo), jnp.exp(hi)
+
+    def newton(_, s2):
+        val, slope = score(s2, slope=True)
+        step = jnp.where(slope < 0, -val / jnp.where(slope < 0, slope, -1.0), 0.0)
+        return jnp.clip(s2 + step, lo, hi)
+
+    s2 = jax.lax.fori_loop(0, 4, newton, 0.5 * (lo + hi))
+    return jnp.where(floor, s2, 0.0)
