@@ -303,7 +303,7 @@ def test_many_bad_entries_are_imputed_and_named(caplog, monkeypatch):
 def test_model_variance_is_maximum_likelihood():
     """Held-out residuals with their own noise: equal σ gives the moment estimate mean(e²) − σ²; one
     star with a 1000× larger σ no longer decides the estimate (the moment estimate went to 0 or ~40×)."""
-    from slamjax.emulators._kernel_cv import model_variance
+    from slamjax.emulators._variance import model_variance
 
     rng = np.random.default_rng(0)
     n, p, s2 = 400, 200, 4e-4

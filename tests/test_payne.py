@@ -261,3 +261,24 @@ def test_shipped_stars_pulls():
     std = pull.std(axis=0)  # measured [1.06, 0.92, 1.04, 1.06]
     assert np.all((std > 0.9) & (std < 1.1)), std
     assert np.all(np.abs(pull.mean(axis=0)) < 0.3), pull.mean(axis=0)
+
+
+def test_pixel_variance_is_not_decided_by_huge_errors():
+    """Half the stars carry σ = 10 (flagged pixels given a huge error instead of ivar = 0). The model
+    variance is the maximum-likelihood value over the validation residuals with each star's own noise:
+    on the scale of the trained model's errors at the precise stars. The moment estimate mean(r² − σ²)
+    was decided by the noisy stars' r² − σ² (±~30 per pixel: 0 or ~10⁴ times too large)."""
+    ds = _problem(n=200, seed=3)
+    ivar = ds.ivar.copy()
+    flux = ds.flux.copy()
+    rng = np.random.default_rng(4)
+    noisy = np.arange(200) % 2 == 1
+    ivar[noisy] = 0.01
+    flux[noisy] = _clean(ds.labels[noisy]) + 10.0 * rng.normal(size=flux[noisy].shape)
+    kw = dict(hidden=(16,), max_epochs=40, batch_size=32, systematics=False, key=1)
+    em = PayneEmulator.train(sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=NAMES), **kw)
+    pv = np.asarray(em.pixel_variance)
+    # the model error at the precise stars, measured directly on noise-free held-out spectra
+    lab, clean = _held_out(100)
+    err2 = np.mean((np.asarray(em.predict(lab)) - clean) ** 2, axis=0)
+    assert np.all(pv < 20 * err2 + 1e-6) and np.median(pv / err2) > 0.1

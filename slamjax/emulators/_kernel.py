@@ -52,9 +52,10 @@ from jaxtyping import Array, Float, Int
 
 from .._spectra import SpectrumSet
 from ._base import AbstractEmulator, LabelSpace, register, training_labels
-from ._kernel_cv import EXACT_BAD_MAX, model_variance, select
+from ._kernel_cv import EXACT_BAD_MAX, select
 from ._kernel_fit import _KernelFitForm, _KernelGroupedForm
 from ._svr import epsilon_refit
+from ._variance import model_variance
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ class KernelEmulator(AbstractEmulator):
                 groups.append((int(idx[0]), int(idx[-1]) + 1))
                 gam_used.append(gammas[g])
         # CV residual² = model error² + the held-out star's noise²: keep the model part only (maximum
-        # likelihood over the held-out residuals, each with its own star's noise; _kernel_cv.model_variance).
+        # likelihood over the held-out residuals, each with its own star's noise; _variance.model_variance).
         noise_var = 1.0 / np.where(good, ds.ivar, 1.0)
         pixel_var = model_variance(sel["e"] * scale[None, :], noise_var, good, usable)
         if not usable.all():

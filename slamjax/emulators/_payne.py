@@ -28,9 +28,11 @@ flux (mean/scale over the good training pixels; better conditioned), and the sta
 is folded into the last layer afterwards. A random ``validation_fraction`` is held out; training
 stops after ``patience`` epochs without a validation improvement and keeps the best weights.
 
-The per-pixel model variance (``pixel_variance``, flux² units, used by ``fit_labels``) is the
-moment estimator from the validation residuals r: ``mean_n(r_np² − 1/ivar_np)`` over good
-validation pixels, floored at 0 (E r² = s² + σ² for an unbiased model).
+The per-pixel model variance (``pixel_variance``, flux² units, used by ``fit_labels``) comes from
+the validation residuals r: E r² = s² + σ² for an unbiased model, and s² is the maximum-likelihood
+value over the good validation pixels with each star's own σ² = 1/ivar (floored at 0;
+``_variance.model_variance``). With equal noise it is the moment estimate mean(r²) − σ²; unlike
+mean(r² − σ²) it is not decided by one validation star with a huge σ.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from jaxtyping import Array, Float
 
 from .._spectra import SpectrumSet
 from ._base import AbstractEmulator, LabelSpace, register, training_labels
+from ._variance import model_variance
 
 logger = logging.getLogger(__name__)
 
@@ -488,12 +491,11 @@ class PayneEmulator(AbstractEmulator):
         # Model variance from the validation residuals: E r² = s² + σ² for an unbiased model.
         model = em.predict(labels[i_val])
         g_val = good[i_val]
-        sig2 = np.where(g_val, 1.0 / np.where(g_val, ivar[i_val], 1.0), 0.0)
-        excess = np.where(g_val, (flux0[i_val] - model) ** 2 - sig2, 0.0)
-        s2 = np.maximum(excess.sum(axis=0) / np.maximum(g_val.sum(axis=0), 1), 0.0)
+        # Maximum likelihood with each validation star's own noise (_variance.model_variance).
+        sig2 = 1.0 / np.where(g_val, ivar[i_val], 1.0)
         # No good validation spectrum: the model's error there is unknown, not zero.
         unvalidated = ~unusable & (g_val.sum(axis=0) == 0)
-        s2 = np.where(unusable | unvalidated, np.inf, s2)
+        s2 = model_variance(flux0[i_val] - model, sig2, g_val, ~(unusable | unvalidated))
         if unusable.any():
             logger.warning("PayneEmulator: %d pixels have no good training data; given zero weight", unusable.sum())
         if unvalidated.any():
