@@ -251,44 +251,52 @@ def test_float32_flux_is_fitted_in_float64_by_default(caplog):
 
 @pytest.mark.parametrize(("inducing", "cv"), [(None, "loo"), (25, "loo"), (None, 4)])
 def test_bad_training_entries_are_left_out_exactly(inducing, cv):
-    """Pixels with 1-14 bad stars of 60: the model and its CV MSE are those of the fit to the good entries
-    only (brute force: refit on the good stars without each fold). Two imputation rounds (the old method)
-    left the model at a pixel with ONE bad star 0.04 (4× the noise) away and its CV MSE 12 % off."""
+    """Pixels with 1-40 bad stars of 60: the selected (γ, λ), the model and its CV MSE are those of the fit
+    to the good entries only (brute force: refit on the good stars without each fold, for every grid
+    point). Two imputation rounds (the old method) left the model at a pixel with ONE bad star 0.04 (4×
+    the noise) away and its CV MSE 12 % off."""
     from slamjax.validate import kfold_indices
 
     ds, _ = _smooth_problem(m=60, p=5)
     flux, ivar = ds.flux.copy(), ds.ivar.copy()
     rng = np.random.default_rng(3)
-    for j, n_bad in enumerate([0, 1, 4, 9, 14]):
+    for j, n_bad in enumerate([0, 1, 4, 9, 40]):
         b = rng.choice(60, n_bad, replace=False)
         ivar[b, j], flux[b, j] = 0.0, 50.0
     bad = sj.SpectrumSet(ds.wave, flux, ivar, labels=ds.labels, label_names=ds.label_names)
-    em = sj.KernelEmulator.train(bad, gamma_grid=[0.3], lam_grid=[0.003], cv=cv, n_inducing=inducing, seed=2)
+    gammas, lams = (0.1, 0.3), (0.003, 0.3)
+    em = sj.KernelEmulator.train(bad, gamma_grid=gammas, lam_grid=lams, cv=cv, n_inducing=inducing, seed=2)
     x = (np.asarray(ds.labels) - np.asarray(ds.labels).mean(0)) / np.asarray(ds.labels).std(0)
     good = ivar > 0
     y = np.where(good, (flux - np.asarray(em.flux_mean)) / np.asarray(em.flux_scale), 0.0)
     centres = np.arange(60) if inducing is None else np.sort(np.random.default_rng(2).choice(60, 25, replace=False))
-    k_nr = np.exp(-0.3 * np.sum((x[:, None, :] - x[None, centres, :]) ** 2, axis=2))
     fold = kfold_indices(60, 4, seed=2)
     folds = [[i] for i in range(60)] if cv == "loo" else [np.flatnonzero(fold == f) for f in range(4)]
     pred = em.predict(ds.labels)
     for j in range(5):
         g = good[:, j]
-        err = _brute_force_errors(k_nr, k_nr[centres], y[:, j], 0.003, folds, good=g)
-        np.testing.assert_allclose(float(em.cv_mse[j]), np.sum(err**2) / g.sum(), rtol=1e-8)
-        np.testing.assert_allclose(float(em.cv_md[j]), np.sum(np.abs(err)) / g.sum(), rtol=1e-8)
-        a = k_nr[g].T @ k_nr[g] + 0.003 * k_nr[centres]
+        trials = []
+        for gamma in gammas:
+            k_nr = np.exp(-gamma * np.sum((x[:, None, :] - x[None, centres, :]) ** 2, axis=2))
+            for lam in lams:
+                err = _brute_force_errors(k_nr, k_nr[centres], y[:, j], lam, folds, good=g)
+                trials.append((np.sum(err**2) / g.sum(), np.sum(np.abs(err)) / g.sum(), gamma, lam, k_nr))
+        mse, md, gamma, lam, k_nr = min(trials, key=lambda t: t[0])
+        assert (float(em.gamma[j]), float(em.lam[j])) == (gamma, lam)
+        np.testing.assert_allclose(float(em.cv_mse[j]), mse, rtol=1e-8)
+        np.testing.assert_allclose(float(em.cv_md[j]), md, rtol=1e-8)
+        a = k_nr[g].T @ k_nr[g] + lam * k_nr[centres]
         beta = np.linalg.lstsq(a, k_nr[g].T @ y[g, j], rcond=None)[0]
         ref = (k_nr @ beta) * float(em.flux_scale[j]) + float(em.flux_mean[j])
         np.testing.assert_allclose(pred[:, j], ref, atol=1e-9)
 
 
 def test_many_bad_entries_are_imputed_and_named(caplog, monkeypatch):
-    """Above EXACT_BAD_MAX bad entries a pixel is imputed (approximate); training names such pixels."""
+    """Above exact_bad_max bad entries a pixel is imputed (approximate); training names such pixels."""
     from slamjax.emulators import _kernel, _kernel_cv
 
-    monkeypatch.setattr(_kernel, "EXACT_BAD_MAX", 5)
-    monkeypatch.setattr(_kernel_cv, "EXACT_BAD_MAX", 5)
+    monkeypatch.setattr(_kernel, "exact_bad_max", lambda n, k: 5)
+    monkeypatch.setattr(_kernel_cv, "exact_bad_max", lambda n, k: 5)
     ds, _ = _smooth_problem(m=200, p=6, seed=2)
     flux, ivar = ds.flux.copy(), ds.ivar.copy()
     flux[:20, 2], ivar[:20, 2] = 100.0, 0.0  # 10 %: imputed
@@ -325,6 +333,28 @@ def test_model_variance_is_maximum_likelihood():
     good[1:, 0] = False
     usable[0] = False
     assert np.isinf(model_variance(e, sig**2, good, usable)[0])
+
+
+def test_model_variance_edge_cases():
+    """A non-finite residual at a good entry makes the pixel unusable (it gave s² = 0, a perfect model);
+    an entry with infinite noise carries no information; one huge residual with a matching huge σ (a
+    flagged spike) leaves the estimate alone (its bracket started at 1e-14 of the largest e², so it gave 0)."""
+    from slamjax.emulators._variance import model_variance
+
+    rng = np.random.default_rng(1)
+    n, p, s2 = 400, 4, 1e-4
+    sig2 = np.full((n, p), 1e-6)
+    e = rng.normal(size=(n, p)) * np.sqrt(s2 + sig2)
+    good, usable = np.ones((n, p), bool), np.ones(p, bool)
+    ref = model_variance(e, sig2, good, usable)
+    assert np.all((ref > 0.8 * s2) & (ref < 1.2 * s2))
+    e[0, 0] = np.nan
+    e[0, 1] = np.inf
+    sig2[0, 2] = np.inf  # ivar ~ 1e-320 counted as good
+    e[0, 3], sig2[0, 3] = 1e5, 1e10
+    out = model_variance(e, sig2, good, usable)
+    assert np.isinf(out[0]) and np.isinf(out[1])
+    np.testing.assert_allclose(out[2:], ref[2:], rtol=0.02)
 
 
 def test_cv_mse_is_undefined_at_dead_and_constant_pixels(caplog):

@@ -11,19 +11,21 @@ and the exact leave-one-out residual e_i = λ α_i / (1 − H_ii). Each pixel ke
 lowest LOO MSE. Its model variance (used by ``fit_labels``) comes from the held-out residuals: each
 is model error plus the held-out star's own noise, e_i ~ N(0, s² + 1/ivar_i), and s² is the
 maximum-likelihood value over the pixel's good training entries (floored at 0; with equal noise it
-is the LOO MSE minus the noise variance). Only s² belongs to the model: counting the training
+is the LOO MSE × flux_scale² minus the noise variance). Only s² belongs to the model: counting the training
 noise again would make error bars too large at high S/N.
 
 Bad training entries (ivar = 0 or non-finite flux) are left out exactly: at a pixel with up to
-``_kernel_cv.EXACT_BAD_MAX`` (64) bad stars, the model and its held-out residuals are those of the
-fit to the good stars alone, from the full-data eigendecomposition plus one small solve over the
-bad stars per pixel and λ (``_kernel_cv``). Good pixels are equally weighted, as in SLAM. Pixels
-with more bad stars are imputed instead (bad values set to the pixel's mean, then to the selected
-model's fitted value, ``n_impute`` rounds; the fixed point is the good-only fit), which is close to
-it only where λ is large or the bad stars have close neighbours, and whose CV MSE is optimistic
-(the imputed values were fitted with the held-out star); training names such pixels. (Before the
-exact form, two imputation rounds at a pixel with ONE bad star of 60 left the model 4× the noise
-from the good-only fit at λ = 0.003.)
+``_kernel_cv.exact_bad_max(n, k)`` bad stars (64, or more for small sets: 356 of 434 stars), the
+model and its held-out residuals are those of the fit to the good stars alone, from the full-data
+eigendecomposition plus one small solve over the bad stars per pixel and λ (``_kernel_cv``). Good
+pixels are equally weighted, as in SLAM. Pixels with more bad stars are imputed instead (bad
+values set to the pixel's mean, then to the selected model's fitted value, ``n_impute`` rounds;
+the fixed point is the good-only fit), which is close to it only where λ is large or the bad stars
+have close neighbours. Their CV MSE and model variance are approximate too: the imputed values
+were fitted with the held-out star (with 65 of 200 stars imputed at a pixel, a review measured the
+CV MSE 2–3× and the model variance 9× too large). Training names such pixels. (Before the exact
+form, two imputation rounds at a pixel with ONE bad star of 60 left the model 4× the noise from
+the good-only fit at λ = 0.003.)
 
 Large training sets (``n_inducing``): an n × n eigendecomposition per γ costs O(n³) (17,000
 stars: ~10¹³ flops per γ). Then the model is restricted to kernels centred on r inducing stars
@@ -52,7 +54,7 @@ from jaxtyping import Array, Float, Int
 
 from .._spectra import SpectrumSet
 from ._base import AbstractEmulator, LabelSpace, register, training_labels
-from ._kernel_cv import EXACT_BAD_MAX, select
+from ._kernel_cv import exact_bad_max, exact_pixels, select
 from ._kernel_fit import _KernelFitForm, _KernelGroupedForm
 from ._svr import epsilon_refit
 from ._variance import model_variance
@@ -252,8 +254,8 @@ class KernelEmulator(AbstractEmulator):
                 docstring); ``None``: exact (all stars) up to 3,000 stars, else 2,000. Pass
                 ``n_inducing >= n`` to force the exact model.
             seed: seed for the choice of inducing stars and of the k folds.
-            n_impute: rounds of bad-entry imputation at pixels with more than ``EXACT_BAD_MAX`` (64) bad
-                training stars (fewer are left out exactly).
+            n_impute: rounds of bad-entry imputation at pixels with more bad training stars than
+                ``_kernel_cv.exact_bad_max`` (fewer are left out exactly).
             pixel_chunk: pixels per block (bounds memory at about 6·m·pixel_chunk floats).
             label_names: optional subset/order of labels.
             loss: ``"squared"`` (kernel ridge regression) or ``"epsilon"`` (SLAM's ε-SVR). With
@@ -317,19 +319,20 @@ class KernelEmulator(AbstractEmulator):
             centres = np.sort(np.random.default_rng(seed).choice(m, int(n_inducing), replace=False))
             logger.info("KernelEmulator: %d inducing stars of %d", centres.size, m)
         spectral = [_spectral(x, centres, g) for g in gammas]
-        # Pixels with up to EXACT_BAD_MAX bad entries are fitted and cross-validated on their good entries
+        # Pixels with up to exact_bad_max bad entries are fitted and cross-validated on their good entries
         # exactly (_kernel_cv); the others (and dead pixels) by imputation rounds.
         n_bad = m - n_good
-        cols = np.flatnonzero((n_bad > 0) & ~((n_bad <= EXACT_BAD_MAX) & usable))
+        imputed = (n_bad > 0) & ~exact_pixels(good, spectral)
+        cols = np.flatnonzero(imputed)
         rounds = 1 + (n_impute if cols.size else 0)
-        patchy = usable & (n_bad > EXACT_BAD_MAX)
+        patchy = usable & imputed
         if patchy.any():
             logger.warning(
                 "KernelEmulator: %d pixels have more than %d bad training entries (up to %.0f%% of the stars); "
-                "their model and CV MSE come from %d imputation rounds and are approximate there "
+                "their model, CV MSE and model variance come from %d imputation rounds and are approximate there "
                 "(see slamjax.emulators._kernel's docstring)",
                 int(patchy.sum()),
-                EXACT_BAD_MAX,
+                exact_bad_max(m, max(sp[0].shape[1] for sp in spectral)),
                 100 * float(n_bad[patchy].max()) / m,
                 rounds - 1,
             )

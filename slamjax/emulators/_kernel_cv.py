@@ -8,7 +8,7 @@ Bad training entries (ivar = 0 or non-finite flux) of a pixel form a set b. The 
 entries g only is the fixed point of imputation: values y_b with (I − H_bb) y_b = (H y₀)_b, where
 y₀ is y with zeros at b, make the full-data fit pass through them (its residual at b is zero, so
 they do not pull on the fit), and the full-data fit of y₀ + y_b is then the good-only fit. One
-B × B solve per pixel and λ (B = |b|) gives it exactly (``_cv_block_bad``); imputation rounds
+B × B solve per pixel and λ (B = |b|) gives it exactly (``_bad_block``); imputation rounds
 converge to it only slowly where λ is small and a bad star has high leverage.
 
 The held-out residuals are those of the good-only problem. Leaving out a set F of good stars is
@@ -18,7 +18,8 @@ For k-fold, with P = I − H_FF (shared by all pixels) and b' = b \\ F, the valu
 fit without F ∪ b' solve the block system [[P, −H_Fb'], [−H_b'F, I − H_b'b']] [y_F; y_b'] =
 (H y_{−F∪b})_{F∪b'}, by the Schur complement on b' (a B × B solve per pixel after one P⁻¹ per
 fold and λ). A pixel with B bad entries costs ~B times a pixel without (an n × B block of H);
-pixels with more than ``EXACT_BAD_MAX`` bad entries are left to imputation rounds
+pixels with more than ``exact_bad_max(n, k)`` bad entries (64, or more where n·k is small: 356 for
+434 stars) are left to imputation rounds
 (``KernelEmulator.train``), which is approximate there.
 
 The held-out residuals ``e`` that ``select`` returns give the model variance (``_variance``).
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["EXACT_BAD_MAX", "select"]
+__all__ = ["EXACT_BAD_MAX", "exact_bad_max", "exact_pixels", "select"]
 
 EXACT_BAD_MAX = 64  # pixels with more bad training entries than this are imputed (approximate)
 _BAD_BLOCK_FLOATS = 2**22  # pixels per exact bad-entry block: ~this many floats in its n × B blocks of H
@@ -39,14 +40,13 @@ _BAD_BLOCK_FLOATS = 2**22  # pixels per exact bad-entry block: ~this many floats
 def select(spectral, y, good, lams, pixel_chunk, folds):
     """Per-pixel best (γ, λ) by exact LOO (or k-fold) MSE over good entries.
 
-    Pixels whose bad entries number 1 to ``EXACT_BAD_MAX`` (and which have at least 3 good ones) are
-    fitted and cross-validated on their good entries exactly (``_cv_block_bad``); the other pixels
+    Pixels whose bad entries number 1 to ``exact_bad_max(n, k)`` (and which have at least 3 good ones) are
+    fitted and cross-validated on their good entries exactly (``_bad_block``); the other pixels
     use ``y`` as given at bad entries (zeros, or values imputed by the caller). Returns ``mse``,
     ``md``, ``lam``, ``gidx``, ``coef`` [r, P], ``resid`` = y − fit [n, P] and the held-out residuals
     ``e`` [n, P] (0 at bad entries), all at each pixel's selected (γ, λ)."""
     n, p = y.shape
-    n_bad = n - good.sum(axis=0)
-    exact = np.flatnonzero((n_bad >= 1) & (n_bad <= EXACT_BAD_MAX) & (n - n_bad >= 3))
+    exact = np.flatnonzero(exact_pixels(good, spectral))
     lams_j = jnp.asarray(lams)
     folds_j = None if folds is None else [jnp.asarray(f) for f in folds]
     # Every pixel in contiguous blocks (the exact pixels' results are replaced below: ~B times their cost, so
@@ -60,15 +60,40 @@ def select(spectral, y, good, lams, pixel_chunk, folds):
             _keep(best, g, sl, lams, block)
     if exact.size:
         sub = _empty_best(spectral, n, exact.size, lams)
+        buckets = _bad_buckets(good[:, exact], pixel_chunk)
+        data = []
+        for at, _, _ in buckets:
+            cols = exact[at]
+            data.append((jnp.asarray(np.where(good[:, cols], y[:, cols], 0.0)), jnp.asarray(good[:, cols])))
         for g, (u, sig2, c) in enumerate(spectral):
             u_j, sig2_j, c_j = jnp.asarray(u), jnp.asarray(sig2), jnp.asarray(c)
-            for at, bidx, bmask in _bad_buckets(good[:, exact], pixel_chunk):
-                cols = exact[at]
-                y0, good_b = jnp.asarray(np.where(good[:, cols], y[:, cols], 0.0)), jnp.asarray(good[:, cols])
-                _keep(sub, g, at, lams, _cv_block_bad(u_j, sig2_j, c_j, y0, good_b, bidx, bmask, lams_j, folds_j))
+            for li, lam in enumerate(lams_j):
+                # the folds' (I − H_FF)⁻¹ once per (γ, λ), shared by every block of pixels
+                fold_inv = None if folds_j is None else _fold_inverses(u_j, sig2_j, lam, folds_j)
+                for (at, bidx, bmask), (y0, good_b) in zip(buckets, data):
+                    block = _bad_block(u_j, sig2_j, c_j, y0, good_b, bidx, bmask, lam, folds_j, fold_inv)
+                    _keep(sub, g, at, lams, block[:2] + (np.full(at.size, li),) + block[2:])
+        # A pixel whose exact CV failed at every (γ, λ) (non-finite MSE) keeps the first pass's values.
+        done = np.isfinite(sub["mse"])
         for key, value in sub.items():
-            best[key][..., exact] = value
+            best[key][..., exact[done]] = value[..., done]
     return best
+
+
+def exact_pixels(good, spectral):
+    """The pixels (bool [P]) that ``select`` fits exactly on their good entries: 1 to ``exact_bad_max``
+    bad entries and at least 3 good ones."""
+    n = good.shape[0]
+    n_bad = n - good.sum(axis=0)
+    cap = exact_bad_max(n, max(sp[0].shape[1] for sp in spectral))
+    return (n_bad >= 1) & (n_bad <= cap) & (n - n_bad >= 3)
+
+
+def exact_bad_max(n, k):
+    """The most bad entries a pixel may have to be fitted exactly: the exact path costs ~n·k·B per pixel
+    and λ (an n × B block of H); at least ``EXACT_BAD_MAX``, and as many as keep that block within
+    ~2²⁶ products (MILES-size sets, n = k = 434: up to 356 bad stars)."""
+    return max(EXACT_BAD_MAX, int(2**26 // max(n * k, 1)))
 
 
 def _empty_best(spectral, n, p, lams):
@@ -102,12 +127,12 @@ def _keep(best, g, at, lams, block):
 
 
 def _bad_buckets(good, pixel_chunk):
-    """Blocks of the columns of ``good`` [n, p] with equal padded bad-entry count B (1, 4, 16 or 64: few
-    compiled shapes; a compilation costs more than the padding at these sizes): (column indices, bad rows
+    """Blocks of the columns of ``good`` [n, p] with equal padded bad-entry count B (a power of 4, at most n:
+    few compiled shapes; a compilation costs more than the padding at these sizes): (column indices, bad rows
     [c, B], mask [c, B])."""
     n = good.shape[0]
     n_bad = n - good.sum(axis=0)
-    width = 4 ** np.ceil(np.log(n_bad) / np.log(4) - 1e-9).astype(np.int64)
+    width = np.minimum(4 ** np.ceil(np.log(n_bad) / np.log(4) - 1e-9).astype(np.int64), n)
     out = []
     for w in np.unique(width):
         cols = np.flatnonzero(width == w)
@@ -164,19 +189,32 @@ def _cv_block(u, sig2, c, y, good, lams, folds=None):
 
 
 @jax.jit
-def _cv_block_bad(u, sig2, c, y, good, bidx, bmask, lams, folds=None):
-    """``_cv_block`` for pixels with bad entries, fitted and cross-validated on their good entries
-    only (module docstring). ``y`` [n, p] is 0 at bad entries; ``bidx``/``bmask`` [p, B]: each pixel's
-    bad rows, padded (``bmask`` False). ``resid`` is y − fit, so ``y − resid`` at a bad entry is the
-    good-only model there."""
+def _fold_inverses(u, sig2, lam, folds):
+    """(I − H_FF)⁻¹ of every fold F at one λ (k-fold CV of pixels with bad entries)."""
+    shrink = sig2 / (sig2 + lam)
+    out = []
+    for idx in folds:
+        uf = u[idx]
+        out.append(jnp.linalg.inv(jnp.eye(idx.shape[0], dtype=u.dtype) - (uf * shrink[None, :]) @ uf.T))
+    return out
+
+
+@jax.jit
+def _bad_block(u, sig2, c, y, good, bidx, bmask, lam, folds=None, fold_inv=None):
+    """For one γ, one λ and a block of pixels with bad entries: the fit and the LOO (``folds=None``) or
+    k-fold CV on their good entries only (module docstring). ``y`` [n, p] is 0 at bad entries;
+    ``bidx``/``bmask`` [p, B]: each pixel's bad rows, padded (``bmask`` False); ``fold_inv``: the
+    folds' (I − H_FF)⁻¹ (``_fold_inverses``). Returns (mse, md, coef, resid, e) as ``_cv_block``;
+    ``resid`` is y − fit, so ``y − resid`` at a bad entry is the good-only model there."""
     n = u.shape[0]
+    shrink = sig2 / (sig2 + lam)
     uty = u.T @ y  # [k, p]
-    u2 = u * u
+    h = (u * u) @ shrink
     n_good = jnp.maximum(jnp.sum(good, axis=0), 1)
     eye_b = jnp.eye(bidx.shape[1], dtype=u.dtype)
 
-    def pixel(shrink, fold_inv, y1, good1, uty1, b1, m1):
-        """One pixel at one λ: (e [n], uty of the imputed flux [k], fit [n])."""
+    def pixel(y1, good1, uty1, b1, m1):
+        """One pixel: (e [n], Uᵀ of the imputed flux [k], fit [n])."""
         pair = m1[:, None] & m1[None, :]
         fit0 = u @ (shrink * uty1)
         ub = u[b1]  # [B, k]
@@ -189,8 +227,8 @@ def _cv_block_bad(u, sig2, c, y, good, bidx, bmask, lams, folds=None):
         r = jnp.where(good1, y1 - fit, 0.0)
         if folds is None:
             z = jax.scipy.linalg.cho_solve((chol, True), hnb.T)  # [B, n]
-            hg = u2 @ shrink + jnp.sum(hnb.T * z, axis=0)
-            e = r / (1.0 - hg)
+            hg = h + jnp.sum(hnb.T * z, axis=0)
+            e = jnp.where(good1, r / jnp.where(good1, 1.0 - hg, 1.0), 0.0)
         else:
             e = jnp.zeros(n, u.dtype)
             for idx, p_inv in zip(folds, fold_inv):
@@ -208,35 +246,8 @@ def _cv_block_bad(u, sig2, c, y, good, bidx, bmask, lams, folds=None):
             e = jnp.where(good1, e, 0.0)
         return e, uty_full, fit
 
-    def body(carry, lam):
-        bmse, bmd, bli, be, buty, bfit, i = carry
-        shrink = sig2 / (sig2 + lam)
-        fold_inv = None
-        if folds is not None:
-            fold_inv = []
-            for idx in folds:
-                uf = u[idx]
-                fold_inv.append(jnp.linalg.inv(jnp.eye(idx.shape[0], dtype=u.dtype) - (uf * shrink[None, :]) @ uf.T))
-        e, uty_full, fit = jax.vmap(pixel, in_axes=(None, None, 1, 1, 1, 0, 0), out_axes=(1, 1, 1))(
-            shrink, fold_inv, y, good, uty, bidx, bmask
-        )
-        mse = jnp.sum(e * e, axis=0) / n_good
-        md = jnp.sum(jnp.abs(e), axis=0) / n_good
-        better = mse < bmse
-        new = (jnp.where(better, mse, bmse), jnp.where(better, md, bmd), jnp.where(better, i, bli))
-        pick = lambda a, b: jnp.where(better[None, :], a, b)  # noqa: E731
-        return new + (pick(e, be), pick(uty_full, buty), pick(fit, bfit), i + 1), None
-
-    p = y.shape[1]
-    init = (
-        jnp.full(p, jnp.inf),
-        jnp.zeros(p),
-        jnp.zeros(p, jnp.int32),
-        jnp.zeros_like(y),
-        jnp.zeros_like(uty),
-        jnp.zeros_like(y),
-        jnp.int32(0),
-    )
-    (mse, md, li, e, uty_full, fit, _), _ = jax.lax.scan(body, init, lams)
-    coef = c @ (uty_full / (sig2[:, None] + lams[li][None, :]))
-    return mse, md, li, coef, y - fit, e
+    e, uty_full, fit = jax.vmap(pixel, in_axes=(1, 1, 1, 0, 0), out_axes=(1, 1, 1))(y, good, uty, bidx, bmask)
+    mse = jnp.sum(e * e, axis=0) / n_good
+    md = jnp.sum(jnp.abs(e), axis=0) / n_good
+    coef = c @ (uty_full / (sig2 + lam)[:, None])
+    return mse, md, coef, y - fit, e

@@ -17,17 +17,26 @@ __all__ = ["model_variance"]
 
 
 def model_variance(e, noise_var, good, usable):
-    """Per-pixel model variance s² (flux² units) by maximum likelihood from held-out residuals ``e``
-    [n, P] (flux units) with e_i ~ N(0, s² + σ_i²), ``noise_var`` σ_i² [n, P], over the ``good``
-    entries; 0 when the likelihood falls at s² = 0, inf at pixels that are not ``usable``.
+    """Per-pixel model variance s² (flux² units) from held-out residuals ``e`` [n, P] (flux units) with
+    e_i ~ N(0, s² + σ_i²), ``noise_var`` σ_i² [n, P], over the ``good`` entries; inf at pixels that are
+    not ``usable`` and at pixels with a non-finite residual at a good entry (a broken model there is not
+    an exact one). Entries with infinite σ_i² carry no information and are left out.
 
-    The score ∂ℓ/∂s² = ½ Σ_i [(e_i² − σ_i² − s²) / (σ_i² + s²)²] is negative for s² ≥ max e_i². Its root
-    is bracketed by 10 halvings in log s² of [1e-14, 1]·max e_i² (to a factor 1.03), then refined by 4
-    Newton steps kept inside the bracket; 0 when the score is not positive at the bottom of that range."""
-    e2 = jnp.where(good, jnp.asarray(e) ** 2, 0.0)
-    nv = jnp.where(good, jnp.asarray(noise_var), 1.0)
-    good = jnp.asarray(good)
-    return np.where(usable, np.asarray(_ml_variance(e2, nv, good)), np.inf)
+    s² is a root of the score ∂ℓ/∂s² = ½ Σ_i [(e_i² − σ_i² − s²) / (σ_i² + s²)²], which is ≤ 0 for
+    s² ≥ max e_i²: bracketed by 16 halvings in log s² of [1e-10 · min σ_i², max e_i²], then refined by 4
+    Newton steps kept inside the bracket. 0 when the score is ≤ 0 at the bottom of that range (a model
+    variance below 1e-10 of every star's noise variance changes no weight). Where the likelihood has
+    several maxima (possible with very unequal σ_i) this is the one the bisection reaches, not
+    necessarily the global one."""
+    e = np.asarray(e, dtype=np.float64)
+    nv = np.asarray(noise_var, dtype=np.float64)
+    good = np.asarray(good) & np.isfinite(nv)
+    broken = np.any(good & ~np.isfinite(e), axis=0)
+    good &= np.isfinite(e)
+    e2 = np.where(good, e, 0.0) ** 2
+    nv = np.where(good, nv, 1.0)
+    s2 = np.asarray(_ml_variance(jnp.asarray(e2), jnp.asarray(nv), jnp.asarray(good)))
+    return np.where(usable & ~broken, s2, np.inf)
 
 
 @jax.jit
@@ -39,9 +48,11 @@ def _ml_variance(e2, nv, good):
             return val
         return val, jnp.sum(jnp.where(good, (t - 2.0 * e2) / (t * t * t), 0.0), axis=0)
 
-    top = jnp.maximum(jnp.max(e2, axis=0), jnp.finfo(e2.dtype).tiny)
-    lo, hi = jnp.log(top * 1e-14), jnp.log(top)
-    floor = score(jnp.exp(lo)) > 0
+    tiny = jnp.finfo(e2.dtype).tiny
+    bottom = jnp.maximum(1e-10 * jnp.min(jnp.where(good, nv, jnp.inf), axis=0), tiny)
+    top = jnp.maximum(jnp.max(e2, axis=0), bottom)
+    lo, hi = jnp.log(bottom), jnp.log(top)
+    floor = score(bottom) > 0
 
     def halve(_, bounds):
         lo, hi = bounds
@@ -49,7 +60,7 @@ def _ml_variance(e2, nv, good):
         up = score(jnp.exp(mid)) > 0  # the likelihood still rises: the root is above mid
         return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, 10, halve, (lo, hi))
+    lo, hi = jax.lax.fori_loop(0, 16, halve, (lo, hi))
     lo, hi = jnp.exp(lo), jnp.exp(hi)
 
     def newton(_, s2):
