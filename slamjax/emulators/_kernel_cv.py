@@ -62,17 +62,21 @@ def select(spectral, y, good, lams, pixel_chunk, folds):
         sub = _empty_best(spectral, n, exact.size, lams)
         buckets = _bad_buckets(good[:, exact], pixel_chunk)
         data = []
-        for at, _, _ in buckets:
-            cols = exact[at]
-            data.append((jnp.asarray(np.where(good[:, cols], y[:, cols], 0.0)), jnp.asarray(good[:, cols])))
+        for at, bidx, _ in buckets:
+            cols, pad = exact[at], ((0, 0), (0, bidx.shape[0] - at.size))  # padding columns: all good, y = 0
+            y0 = np.pad(np.where(good[:, cols], y[:, cols], 0.0), pad)
+            data.append((jnp.asarray(y0), jnp.asarray(np.pad(good[:, cols], pad, constant_values=True))))
         for g, (u, sig2, c) in enumerate(spectral):
             u_j, sig2_j, c_j = jnp.asarray(u), jnp.asarray(sig2), jnp.asarray(c)
             for li, lam in enumerate(lams_j):
                 # the folds' (I − H_FF)⁻¹ once per (γ, λ), shared by every block of pixels
                 fold_inv = None if folds_j is None else _fold_inverses(u_j, sig2_j, lam, folds_j)
                 for (at, bidx, bmask), (y0, good_b) in zip(buckets, data):
-                    block = _bad_block(u_j, sig2_j, c_j, y0, good_b, bidx, bmask, lam, folds_j, fold_inv)
-                    _keep(sub, g, at, lams, block[:2] + (np.full(at.size, li),) + block[2:])
+                    block = [
+                        np.asarray(a)[..., : at.size]
+                        for a in _bad_block(u_j, sig2_j, c_j, y0, good_b, bidx, bmask, lam, folds_j, fold_inv)
+                    ]
+                    _keep(sub, g, at, lams, block[:2] + [np.full(at.size, li)] + block[2:])
         # A pixel whose exact CV failed at every (γ, λ) (non-finite MSE) keeps the first pass's values.
         done = np.isfinite(sub["mse"])
         for key, value in sub.items():
@@ -127,20 +131,22 @@ def _keep(best, g, at, lams, block):
 
 
 def _bad_buckets(good, pixel_chunk):
-    """Blocks of the columns of ``good`` [n, p] with equal padded bad-entry count B (a power of 4, at most n:
-    few compiled shapes; a compilation costs more than the padding at these sizes): (column indices, bad rows
-    [c, B], mask [c, B])."""
+    """Blocks of the columns of ``good`` [n, p] with equal padded bad-entry count B (a power of 4, at most n)
+    and a power-of-two number of columns (at least 8): few compiled shapes, also across the training sets of
+    a cross-validation (a compilation costs more than the padding at these sizes). Returns (column indices,
+    bad rows [c, B], mask [c, B]) with c >= the number of indices (padding rows: mask False)."""
     n = good.shape[0]
     n_bad = n - good.sum(axis=0)
     width = np.minimum(4 ** np.ceil(np.log(n_bad) / np.log(4) - 1e-9).astype(np.int64), n)
     out = []
     for w in np.unique(width):
         cols = np.flatnonzero(width == w)
-        per = int(max(1, min(pixel_chunk, _BAD_BLOCK_FLOATS // (n * w))))
+        per = 1 << int(np.log2(max(1, min(pixel_chunk, _BAD_BLOCK_FLOATS // (n * w)))))
         for c0 in range(0, cols.size, per):
             at = cols[c0 : c0 + per]
-            bidx = np.zeros((at.size, w), dtype=np.int64)
-            bmask = np.zeros((at.size, w), dtype=bool)
+            size = min(per, max(8, 1 << int(np.ceil(np.log2(at.size)))))
+            bidx = np.zeros((size, w), dtype=np.int64)
+            bmask = np.zeros((size, w), dtype=bool)
             for j, col in enumerate(at):
                 bad = np.flatnonzero(~good[:, col])
                 bidx[j, : bad.size], bmask[j, : bad.size] = bad, True
