@@ -15,6 +15,8 @@ import numpy as np
 
 __all__ = ["model_variance"]
 
+_BLOCK_FLOATS = 2**22  # entries per block of pixels
+
 
 def model_variance(e, noise_var, good, usable):
     """Per-pixel model variance s² (flux² units) from held-out residuals ``e`` [n, P] (flux units) with
@@ -30,13 +32,18 @@ def model_variance(e, noise_var, good, usable):
     necessarily the global one."""
     e = np.asarray(e, dtype=np.float64)
     nv = np.asarray(noise_var, dtype=np.float64)
-    good = np.asarray(good) & np.isfinite(nv)
-    broken = np.any(good & ~np.isfinite(e), axis=0)
-    good &= np.isfinite(e)
-    e2 = np.where(good, e, 0.0) ** 2
-    nv = np.where(good, nv, 1.0)
-    s2 = np.asarray(_ml_variance(jnp.asarray(e2), jnp.asarray(nv), jnp.asarray(good)))
-    return np.where(usable & ~broken, s2, np.inf)
+    n, p = e.shape
+    s2 = np.empty(p)
+    broken = np.zeros(p, dtype=bool)
+    step = max(1, _BLOCK_FLOATS // max(n, 1))  # pixel blocks bound the temporaries (17,000 stars: 246 px)
+    for c0 in range(0, p, step):
+        sl = slice(c0, min(c0 + step, p))
+        ok = np.asarray(good[:, sl]) & np.isfinite(nv[:, sl])
+        broken[sl] = np.any(ok & ~np.isfinite(e[:, sl]), axis=0)
+        ok &= np.isfinite(e[:, sl])
+        e2 = np.where(ok, e[:, sl], 0.0) ** 2
+        s2[sl] = np.asarray(_ml_variance(jnp.asarray(e2), jnp.asarray(np.where(ok, nv[:, sl], 1.0)), jnp.asarray(ok)))
+    return np.where(np.asarray(usable) & ~broken, s2, np.inf)
 
 
 @jax.jit
