@@ -138,9 +138,27 @@ def _bad_buckets(good, pixel_chunk):
     n = good.shape[0]
     n_bad = n - good.sum(axis=0)
     width = np.minimum(4 ** np.ceil(np.log(n_bad) / np.log(4) - 1e-9).astype(np.int64), n)
-    out = []
+
+    # Merge widths, smallest first, while the merged block at most doubles the work of separate blocks and fits
+    # in memory (e.g. MILES: 97 pixels with 1-4 bad stars run as one block): fewer compiled shapes.
+    def padded(count):
+        return max(8, 1 << int(np.ceil(np.log2(max(count, 1)))))
+
+    groups, widths = [], []
     for w in np.unique(width):
         cols = np.flatnonzero(width == w)
+        if groups:
+            merged = np.concatenate([groups[-1], cols])
+            separate = widths[-1] * padded(groups[-1].size) + w * padded(cols.size)
+            size = padded(merged.size)
+            if w * size <= 2 * separate and size <= pixel_chunk and n * w * size <= _BAD_BLOCK_FLOATS:
+                groups[-1], widths[-1] = merged, w
+                continue
+        groups.append(cols)
+        widths.append(w)
+    out = []
+    for cols, w in zip(groups, widths):
+        w = int(w)
         per = 1 << int(np.log2(max(1, min(pixel_chunk, _BAD_BLOCK_FLOATS // (n * w)))))
         for c0 in range(0, cols.size, per):
             at = cols[c0 : c0 + per]
