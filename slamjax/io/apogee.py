@@ -4,6 +4,11 @@ Wavelengths are vacuum (APOGEE works in vacuum throughout; the headers do not sa
 apStar and aspcapStar are on the common log-linear grid ``10**(CRVAL1 + CDELT1 * (i + 1 - CRPIX1))``
 (8575 pixels, 15100.8-16999.8 Å in DR17) and already shifted to the stellar rest frame;
 apVisit keeps the observed (topocentric) frame with a wavelength array per chip.
+``meta["segments"]`` gives the three detector chips' pixel ranges in every product: apVisit
+stores them separately; on the apStar / aspcapStar grid they are split at the middle of the
+two chip gaps (``APOGEE_CHIP_GAPS``), whose pixels are bad in every file, so that per-chip
+continuum fits (``normalize_chebyshev(..., segments=spec.meta["segments"])``) work alike on
+all three products.
 
 Masks: ``ivar = 1 / err**2``, set to 0 (bad) where ``err`` is not finite or <= 0, the
 flux is not finite, or the pixel bitmask has any of the APOGEE ``PIXMASK`` bits
@@ -27,7 +32,9 @@ from ._common import has_columns, header_float, image_shape, ivar_from_error, jo
 from ._spectrum import Spectrum
 
 __all__ = [
+    "APOGEE_CHIP_GAPS",
     "PIXMASK_BAD",
+    "chip_segments",
     "identify_apstar",
     "load_apstar",
     "identify_apvisit",
@@ -40,6 +47,20 @@ __all__ = [
 PIXMASK_BAD = sum(1 << bit for bit in range(8))
 
 _FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
+
+#: Vacuum wavelengths (Å) in the middle of the gaps between the blue and green and the green and red
+#: APOGEE chips (chip coverage ~15140-15810, 15860-16430, 16470-16960 Å: Wilson et al. 2019, PASP
+#: 131, 055001; in the DR17 apStar files read here the chip data stop at 15809 / 16433 Å and resume
+#: at 15858 / 16473 Å).
+APOGEE_CHIP_GAPS = (15833.5, 16453.0)
+
+
+def chip_segments(wave: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) pixel ranges of the APOGEE chips on one combined grid, split at ``APOGEE_CHIP_GAPS``
+    (a gap outside the grid adds no split)."""
+    cuts = [int(np.searchsorted(wave, gap)) for gap in APOGEE_CHIP_GAPS]
+    edges = [0] + [c for c in cuts if 0 < c < wave.size] + [wave.size]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 
 
 def _loglinear_wave(header, n: int) -> np.ndarray:
@@ -98,7 +119,7 @@ def load_apstar(source) -> Spectrum:
             "flux_unit": _FLUX_UNIT,
             "frame": "rest",
             "doppler_shift": 0.0,
-            "segments": [(0, wave.size)],
+            "segments": chip_segments(wave),
         }
         return Spectrum(
             wave,
@@ -240,7 +261,7 @@ def load_aspcapstar(source) -> Spectrum:
             "normalised": True,
             "frame": "rest",
             "doppler_shift": 0.0,
-            "segments": [(0, wave.size)],
+            "segments": chip_segments(wave),
         }
         return Spectrum(
             wave,

@@ -271,6 +271,26 @@ def _auto_segments(wave):
     return [(int(edges[i]), int(edges[i + 1])) for i in range(edges.size - 1)]
 
 
+def _warn_inner_dead_runs(wave, ivar, segments):
+    """Warn about long runs of pixels bad in every spectrum inside a segment (an unrecorded detector gap?)."""
+    dead = np.all(ivar <= 0, axis=0)
+    min_run = max(20, wave.size // 100)
+    for a, b in segments:
+        d = np.diff(np.r_[0, dead[a:b].astype(np.int8), 0])
+        starts, stops = np.flatnonzero(d == 1) + a, np.flatnonzero(d == -1) + a
+        for i, j in zip(starts, stops):
+            if i > a and j < b and j - i >= min_run:
+                logger.warning(
+                    "normalize_chebyshev: pixels %d-%d (%.1f-%.1f Å) are bad in every spectrum (a detector gap?) "
+                    "and one polynomial spans them; pass segments (e.g. a reader's meta['segments']) to fit "
+                    "each side separately",
+                    i,
+                    j - 1,
+                    wave[i],
+                    wave[j - 1],
+                )
+
+
 def normalize_chebyshev(
     wave, flux, ivar, continuum_pixels, degree: int = 2, segments: Sequence[tuple[int, int]] | None = None
 ):
@@ -285,9 +305,12 @@ def normalize_chebyshev(
         flux, ivar: [P] or [N, P]; ivar 0 marks a bad pixel.
         continuum_pixels: boolean [P], the fixed list of continuum pixels.
         degree: Chebyshev degree (APOGEE/Cannon: 2).
-        segments: (start, stop) index pairs (stop exclusive, e.g. the three APOGEE chips).
-            ``None``: split at gaps in the grid (log-λ step > 1.5 × its median); a gapless
-            grid is one segment. Pixels outside every segment get ``ivar_norm = 0``.
+        segments: (start, stop) index pairs (stop exclusive, e.g. the three APOGEE chips, which
+            the APOGEE readers record in ``meta["segments"]``). ``None``: split at gaps in the
+            grid (log-λ step > 1.5 × its median); a gapless grid is one segment, and a warning is
+            logged where a long run of pixels bad in every spectrum lies inside one (a chip gap
+            on a common grid, as in apStar files, is not a gap of the grid). Pixels outside every
+            segment get ``ivar_norm = 0``.
 
     Returns:
         ``(flux_norm, ivar_norm, continuum)`` as :func:`normalize_spline`. A segment of a
@@ -300,10 +323,13 @@ def normalize_chebyshev(
         raise ValueError(f"continuum_pixels must be a boolean array of shape {wave.shape}")
     if degree < 0:
         raise ValueError("degree must be >= 0")
-    segments = _auto_segments(wave) if segments is None else [(int(a), int(b)) for a, b in segments]
+    auto = segments is None
+    segments = _auto_segments(wave) if auto else [(int(a), int(b)) for a, b in segments]
     for a, b in segments:
         if not 0 <= a < b <= wave.size:
             raise ValueError(f"segment ({a}, {b}) is not a valid index range for {wave.size} pixels")
+    if auto:
+        _warn_inner_dead_runs(wave, ivar, segments)
     n = flux.shape[0]
     cont = np.ones_like(flux, dtype=np.float64)
     covered = np.zeros(flux.shape, bool)
