@@ -132,9 +132,12 @@ def fit_labels(
             ``slamjax._nuisance``). A grid search over velocities (step 1.5 pixel velocities,
             6 template spectra spread over the training labels) gives the start; LM then fits
             v within ±8 pixel velocities of it. Pixels whose interpolation would cross a
-            segment edge (grid end or gap) within that window get zero weight.
+            segment edge (grid end or gap) or touch an unusable model pixel (infinite
+            ``pixel_variance``) within that window get zero weight.
         continuum: fit a multiplicative continuum, a Chebyshev polynomial of this degree per
-            grid segment (segments: the grid split at gaps, e.g. APOGEE's three chips). Start:
+            grid segment (segments: the grid split at wavelength gaps and in the middle of long
+            runs of unusable model pixels, e.g. APOGEE's three chips on apVisit or apStar
+            wavelengths; see ``slamjax._nuisance``). Start:
             the best constant scale per segment for each starting template.
             With ``rv`` or ``continuum`` every emulator uses the generic path, the covariance
             ``cov`` of the labels is marginalised over the nuisance parameters, and the

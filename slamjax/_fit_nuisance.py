@@ -33,8 +33,9 @@ def _spread_subset(z, k):
 
 def _nuisance_setup(em, rv, continuum, dtype):
     """Static config and arrays for fits with a Doppler shift and/or a continuum."""
-    segments = segments_of(np.asarray(em.wave))
-    arrays = Shifter.arrays(np.asarray(em.wave), segments)
+    usable = np.isfinite(np.asarray(em.pixel_variance))
+    segments = segments_of(np.asarray(em.wave), usable)
+    arrays = Shifter.arrays(np.asarray(em.wave), segments, usable)
     degree = -1
     if continuum is not None:
         degree = int(continuum)
@@ -58,7 +59,11 @@ def _nuisance_setup(em, rv, continuum, dtype):
         train = np.asarray(space.train)
         pick = _spread_subset((train - np.asarray(space.mean)) / np.asarray(space.scale), _RV_TEMPLATES)
         rest = np.asarray(em.predict(train[pick]))  # [K, P]
-        sh = Shifter(*(jnp.asarray(arrays[k]) for k in ("lnw", "seg_lo", "seg_hi")))
+        # the grid search's mask keeps the segment edges only: across the whole velocity range every
+        # unusable model pixel would blank ~(range / pixel velocity) data pixels, and a template
+        # interpolated through one is only a start
+        plain = Shifter.arrays(np.asarray(em.wave), segments)
+        sh = Shifter(*(jnp.asarray(plain[k]) for k in ("lnw", "seg_lo", "seg_hi")))
         shifted = jax.jit(jax.vmap(jax.vmap(sh.shift, in_axes=(None, 0)), in_axes=(0, None)))(
             jnp.asarray(rest), jnp.asarray(vgrid)
         )

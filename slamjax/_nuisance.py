@@ -9,9 +9,14 @@ ln λ_p − atanh β is computed in float64 whatever the fit's dtype (in float32
 ~6e-7 absolute precision, 4 % of an APOGEE pixel).
 
 The grid is split into segments at gaps (Δ ln λ more than 3× its median, e.g. the APOGEE
-chip gaps). A pixel whose interpolation stencil would leave its own segment anywhere in the
+chip gaps on apVisit wavelengths) and in the middle of every long run (at least
+``max(_DEAD_RUN_MIN, P // 100)`` pixels) of the model's unusable pixels (infinite model
+variance) with usable pixels on both sides: the chip gaps on a common grid without wavelength
+gaps, such as apStar's, where no training spectrum had data. A pixel whose interpolation
+stencil would leave its own segment, or touch an unusable model pixel, anywhere in the
 velocity window of the fit gets zero weight (the window is ±``_WINDOW_PIXELS`` pixel
-velocities around the starting velocity, so about that many pixels per segment edge).
+velocities around the starting velocity, so about that many pixels per segment edge and on
+each side of an unusable stretch): the model has no value there to interpolate.
 
 The multiplicative continuum is Σ_k c_sk T_k(x) per segment s, T_k Chebyshev polynomials,
 x mapped linearly from the segment's wavelength range onto [−1, 1].
@@ -25,14 +30,29 @@ import numpy as np
 C_KMS = 299_792.458
 _WINDOW_PIXELS = 8  # half-width of the LM velocity window around the grid-search velocity
 _GAP_FACTOR = 3.0
+_DEAD_RUN_MIN = 20  # shortest run of unusable model pixels that splits a segment (and P // 100)
 
 
-def segments_of(wave) -> tuple[tuple[int, int], ...]:
-    """(start, stop) pixel ranges of the grid split at gaps (Δ ln λ > 3 × median)."""
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of the maximal runs of True in a boolean vector."""
+    d = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def segments_of(wave, usable=None) -> tuple[tuple[int, int], ...]:
+    """(start, stop) pixel ranges of the grid split at gaps (Δ ln λ > 3 × median) and, given the
+    model's ``usable`` pixels [P], in the middle of each run of at least ``max(_DEAD_RUN_MIN, P // 100)``
+    unusable pixels with usable pixels on both sides."""
     lnw = np.log(np.asarray(wave, dtype=np.float64))
     d = np.diff(lnw)
-    cut = np.flatnonzero(d > _GAP_FACTOR * np.median(d)) + 1
-    edges = [0, *cut.tolist(), lnw.size]
+    cut = set((np.flatnonzero(d > _GAP_FACTOR * np.median(d)) + 1).tolist())
+    if usable is not None:
+        usable = np.asarray(usable, dtype=bool)
+        min_run = max(_DEAD_RUN_MIN, lnw.size // 100)
+        for a, b in _runs(~usable):
+            if b - a >= min_run and usable[:a].any() and usable[b:].any():
+                cut.add((a + b) // 2)
+    edges = [0, *sorted(cut), lnw.size]
     return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
 
 
@@ -60,14 +80,18 @@ class Shifter:
         self.lnw, self.seg_lo, self.seg_hi = lnw, seg_lo, seg_hi
 
     @classmethod
-    def arrays(cls, wave, segments) -> dict:
-        """numpy arrays (``lnw``, ``seg_lo``, ``seg_hi``) to pass into compiled code."""
+    def arrays(cls, wave, segments, usable=None) -> dict:
+        """numpy arrays (``lnw``, ``seg_lo``, ``seg_hi``) to pass into compiled code: each pixel's
+        stencil must stay in [seg_lo, seg_hi], its segment's run of ``usable`` model pixels
+        (an unusable pixel gets an empty range)."""
         lnw = np.log(np.asarray(wave, dtype=np.float64))
-        seg_lo = np.zeros(lnw.size, dtype=np.int32)
-        seg_hi = np.zeros(lnw.size, dtype=np.int32)
+        usable = np.ones(lnw.size, bool) if usable is None else np.asarray(usable, dtype=bool)
+        seg_lo = np.arange(lnw.size, dtype=np.int32)
+        seg_hi = np.arange(lnw.size, dtype=np.int32) - 1
         for a, b in segments:
-            seg_lo[a:b] = a
-            seg_hi[a:b] = b - 1
+            for i, j in _runs(usable[a:b]):
+                seg_lo[a + i : a + j] = a + i
+                seg_hi[a + i : a + j] = a + j - 1
         return {"lnw": lnw, "seg_lo": seg_lo, "seg_hi": seg_hi}
 
     def index(self, v):
@@ -77,7 +101,8 @@ class Shifter:
         return jnp.interp(lnw - jnp.arctanh(v / C_KMS), lnw, jnp.arange(lnw.shape[0], dtype=jnp.float64))
 
     def valid(self, v_lo, v_hi):
-        """Pixels [P] whose cubic stencil stays inside their segment for all v in [v_lo, v_hi]."""
+        """Pixels [P] whose cubic stencil stays inside their segment's run of usable model pixels
+        for all v in [v_lo, v_hi]."""
         t1, t2 = self.index(v_lo), self.index(v_hi)
         t_min, t_max = jnp.minimum(t1, t2), jnp.maximum(t1, t2)
         return (jnp.floor(t_min) - 1 >= self.seg_lo) & (jnp.floor(t_max) + 2 <= self.seg_hi)

@@ -150,3 +150,44 @@ def test_bad_nuisance_arguments(problem):
         sj.fit_labels(em, flux, ivar, rv=(100.0, -100.0))
     with pytest.raises(ValueError, match="continuum"):
         sj.fit_labels(em, flux, ivar, continuum=-1)
+
+
+def test_unusable_run_on_a_gapless_grid_splits_segments_and_blocks_interpolation(problem):
+    """A common grid without wavelength gaps (like apStar's) whose chip gap is a run of unusable
+    model pixels: the continuum gets one polynomial per side, and no data pixel interpolates the
+    model through the run (its values there are meaningless: here 5)."""
+    _, labels, v, snr, noise = problem
+    n = 60
+    model = LineModel()  # the fixture's model, which other tests share, is left as it is
+    model.wave = np.exp(np.log(15100.0) + np.arange(2400) * 6e-6 * np.log(10.0))  # gapless
+    dead = slice(1140, 1260)
+    design = model.design(model.wave)
+    design[dead] = 0.0
+    design[dead, 0] = 5.0
+    s2 = np.zeros(model.wave.size)
+    s2[dead] = np.inf
+    em = sj.CannonEmulator(
+        space=model.space,
+        wave=jnp.asarray(model.wave),
+        design=jnp.asarray(design),
+        pixel_variance=jnp.asarray(s2),
+        terms=model.terms,
+        order=2,
+    )
+    usable = np.isfinite(s2)
+    assert segments_of(model.wave) == ((0, 2400),)
+    assert segments_of(model.wave, usable) == ((0, 1200), (1200, 2400))
+    x = np.linspace(-1.0, 1.0, 1200)
+    cont = np.concatenate([np.ones(1200), 0.6 + 0.05 * x])  # a step between the two sides
+    flux = (model.spectra(labels[:n], v[:n]) + noise[:n]) * cont
+    ivar = np.broadcast_to(snr**2 / cont**2, flux.shape).copy()
+    ivar[:, dead] = 0.0
+    res = sj.fit_labels(em, flux, ivar, rv=True, continuum=1)
+    assert np.mean(res.status == sj.Status.CONVERGED) > 0.95
+    pull = (res.rv - v[:n]) / res.rv_err
+    assert 0.8 <= pull.std() <= 1.25 and abs(pull.mean()) < 0.4
+    lpull = (res.labels - labels[:n]) / res.labels_err
+    assert np.all(np.abs(lpull.mean(axis=0)) < 0.4)
+    assert np.all((lpull.std(axis=0) > 0.8) & (lpull.std(axis=0) < 1.25))
+    # fewer pixels than outside the run: the stencils that would reach into it are left out
+    assert np.all(res.n_pixels <= 2400 - 120 - 2 * 8)
