@@ -113,18 +113,28 @@ def test_deterministic_for_a_key():
 
 def test_pixel_without_validation_data_gets_zero_weight(caplog):
     """A pixel good in training spectra only has no measured model error: it gets s² = inf (zero
-    weight in fits), not the s² = 0 (perfect model) an empty validation sum gave."""
+    weight in fits), not the s² = 0 (perfect model) an empty validation sum gave; nor does a pixel
+    with only two good validation spectra get the s² their two residuals happen to give."""
     ds = _problem(n=120)
     ivar = ds.ivar.copy()
     ivar[1:, 0] = 0.0  # pixel 0: good in star 0 only (in the training split for key 5)
     ivar[:, 1] = 0.0  # pixel 1: good nowhere
+    # pixel 2: good in every training star and in two of the 12 validation stars (key 5's split)
+    k_split = jax.random.split(jax.random.key(5), 3)[0]
+    i_val = np.sort(np.asarray(jax.random.permutation(k_split, 120))[:12])
+    ivar[i_val[2:], 2] = 0.0
     ds = sj.SpectrumSet(ds.wave, ds.flux, ivar, labels=ds.labels, label_names=NAMES)
     with caplog.at_level(logging.WARNING, logger="slamjax.emulators._payne"):
         em = PayneEmulator.train(ds, hidden=(8, 8), max_epochs=3, batch_size=32, systematics=False, key=5)
     pv = np.asarray(em.pixel_variance)
-    assert np.isinf(pv[0]) and np.isinf(pv[1]) and np.all(np.isfinite(pv[2:]))
-    assert "1 pixels have no good validation spectrum" in caplog.text
+    assert np.all(np.isinf(pv[:3])) and np.all(np.isfinite(pv[3:]))
+    assert "2 pixels have fewer than 3 good validation spectra" in caplog.text
     assert "1 pixels have no good training data" in caplog.text
+    # with a third good validation spectrum pixel 2 has a model variance
+    ivar[i_val[2], 2] = ds.ivar[0, 3]
+    ds3 = sj.SpectrumSet(ds.wave, ds.flux, ivar, labels=ds.labels, label_names=NAMES)
+    em3 = PayneEmulator.train(ds3, hidden=(8, 8), max_epochs=3, batch_size=32, systematics=False, key=5)
+    assert np.isfinite(np.asarray(em3.pixel_variance)[2])
 
 
 def test_nan_loss_and_bad_input_raise():

@@ -32,7 +32,8 @@ The per-pixel model variance (``pixel_variance``, flux² units, used by ``fit_la
 the validation residuals r: E r² = s² + σ² for an unbiased model, and s² is the maximum-likelihood
 value over the good validation pixels with each star's own σ² = 1/ivar (floored at 0;
 ``_variance.model_variance``). With equal noise it is the moment estimate mean(r²) − σ²; unlike
-mean(r² − σ²) it is not decided by one validation star with a huge σ.
+mean(r² − σ²) it is not decided by one validation star with a huge σ. A pixel with fewer than
+three good validation spectra has no measured model error and gets s² = inf (zero weight).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ ARCHITECTURES = ("dense", "per_pixel")
 ACTIVATIONS = ("silu", "leaky_relu", "tanh", "sigmoid")
 DEFAULT_LABEL_NAMES = ("teff", "logg", "fe_h", "alpha_fe")
 _LEAKY_SLOPE = 0.01
+_MIN_VALIDATION = 3  # good validation spectra a pixel needs for a model variance (else inf: unusable)
 
 
 def _act(name: str, a):
@@ -336,7 +338,8 @@ class PayneEmulator(AbstractEmulator):
             max_epochs: maximum passes over the training spectra.
             patience: stop after this many epochs without a lower validation loss; the
                 weights of the best epoch are kept.
-            validation_fraction: fraction of spectra held out (at least one).
+            validation_fraction: fraction of spectra held out (at least three; a pixel with
+                fewer than three good validation spectra gets ``pixel_variance = inf``).
             noise_floor: ε in the loss weights ``1/(1/ivar + ε²)`` (flux units).
             label_names: optional subset (and order) of ``ds.label_names``.
             dtype: training precision (float32 default: ~2x faster; weights are returned
@@ -377,7 +380,7 @@ class PayneEmulator(AbstractEmulator):
             raise ValueError(f"noise_floor must be > 0, got {noise_floor}")
         names, labels = training_labels(ds, label_names)
         n, n_pix, n_lab = ds.n_spectra, ds.n_pixels, len(names)
-        n_val = max(1, int(round(validation_fraction * n)))
+        n_val = max(_MIN_VALIDATION, int(round(validation_fraction * n)))
         if n - n_val < 2:
             raise ValueError(f"{n} training spectra are too few to train and validate a network")
         space = LabelSpace.from_labels(labels, names)
@@ -493,15 +496,19 @@ class PayneEmulator(AbstractEmulator):
         g_val = good[i_val]
         # Maximum likelihood with each validation star's own noise (_variance.model_variance).
         sig2 = 1.0 / np.where(g_val, ivar[i_val], 1.0)
-        # No good validation spectrum: the model's error there is unknown, not zero.
-        unvalidated = ~unusable & (g_val.sum(axis=0) == 0)
+        # Fewer than _MIN_VALIDATION good validation spectra: the model's error there is unknown (not
+        # zero, as an empty sum gave, nor what one or two residuals happen to say: the likelihood
+        # of one residual smaller than its noise peaks at s² = 0, a "perfect" pixel).
+        unvalidated = ~unusable & (g_val.sum(axis=0) < _MIN_VALIDATION)
         s2 = model_variance(flux0[i_val] - model, sig2, g_val, ~(unusable | unvalidated))
         if unusable.any():
             logger.warning("PayneEmulator: %d pixels have no good training data; given zero weight", unusable.sum())
         if unvalidated.any():
             logger.warning(
-                "PayneEmulator: %d pixels have no good validation spectrum (model variance unknown); given zero weight",
+                "PayneEmulator: %d pixels have fewer than %d good validation spectra (model variance unknown); "
+                "given zero weight",
                 unvalidated.sum(),
+                _MIN_VALIDATION,
             )
         em = eqx.tree_at(lambda e: e.pixel_variance, em, jnp.asarray(s2))
         if systematics:
