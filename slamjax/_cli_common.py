@@ -13,7 +13,6 @@ from . import plot as _plot
 
 PROG = "slamjax"
 _EMULATORS = ("kernel", "cannon", "payne")
-_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 _SELECT_TERM = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import enum
+import logging
 from pathlib import Path
 
 import equinox as eqx
 import numpy as np
 
 from ._version import __version__
+
+logger = logging.getLogger(__name__)
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+
+
+def check_fits_ids(ids, path) -> None:
+    """Before a catalog is written to a FITS ``path``: ids must be ASCII (FITS strings are), and ids
+    with trailing spaces are named in a warning (FITS drops them: they come back without)."""
+    if not str(path).lower().endswith(FITS_SUFFIXES):
+        return
+    ids = [str(i) for i in np.asarray(ids).astype(str)]
+    non_ascii = [i for i in ids if not i.isascii()]
+    if non_ascii:
+        raise ValueError(
+            f"{len(non_ascii)} ids are not ASCII (e.g. {non_ascii[0]!r}); FITS stores ASCII strings only: "
+            "rename them or write another format"
+        )
+    trailing = [i for i in ids if i != i.rstrip(" ")]
+    if trailing:
+        logger.warning(
+            "%d ids end in spaces (e.g. %r); FITS drops trailing spaces, so %s reads them back without",
+            len(trailing),
+            trailing[0],
+            path,
+        )
+
 
 __all__ = ["FitResult", "Status"]
 
@@ -191,7 +219,9 @@ class FitResult(eqx.Module):
     def write(self, path, *, overwrite: bool = False, model_flux: bool = False) -> Path:
         """Write the catalog (see :meth:`to_table`) to a FITS (or any astropy) file."""
         path = Path(path)
-        self.to_table(model_flux=model_flux).write(path, overwrite=overwrite)
+        tab = self.to_table(model_flux=model_flux)
+        check_fits_ids(tab["id"], path)
+        tab.write(path, overwrite=overwrite)
         return path
 
     @classmethod

@@ -20,7 +20,6 @@ import numpy as np
 from . import plot as _plot
 from ._cli_common import (
     _EMULATORS,
-    _FITS_SUFFIXES,
     _NORMALIZERS,
     PROG,
     UsageError,
@@ -42,6 +41,7 @@ from ._cli_common import (
 )
 from ._cli_info import cmd_info
 from ._cli_prep import cmd_prep
+from ._result import FITS_SUFFIXES, check_fits_ids
 from ._version import __version__
 
 __all__ = ["main"]
@@ -221,8 +221,8 @@ def _check_output_file(out: Path, overwrite: bool, *inputs) -> None:
 
 
 def _check_catalog_path(out: Path, overwrite: bool, *inputs) -> None:
-    if not out.name.lower().endswith(_FITS_SUFFIXES):
-        raise UsageError(f"--out must be a FITS file name ({', '.join(_FITS_SUFFIXES)}), got {out}")
+    if not out.name.lower().endswith(FITS_SUFFIXES):
+        raise UsageError(f"--out must be a FITS file name ({', '.join(FITS_SUFFIXES)}), got {out}")
     _check_output_file(out, overwrite, *inputs)
 
 
@@ -254,6 +254,7 @@ def cmd_fit(args) -> int:
     prep = _prep_columns(args.data, len(res))  # prep's quality flags travel with the fits
     for name, values in prep.items():
         tab[name] = values
+    check_fits_ids(tab["id"], out)
     tab.write(out, overwrite=args.overwrite)
 
     print(

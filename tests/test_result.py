@@ -50,6 +50,21 @@ def test_fits_round_trip(tmp_path, result):
     np.testing.assert_array_equal(FitResult.read(path).model_flux, result.model_flux)
 
 
+def test_fits_ids_non_ascii_raise_and_trailing_spaces_warn(tmp_path, result, caplog):
+    ids = [f"star{i}" for i in range(8)]
+    with pytest.raises(ValueError, match="not ASCII"):
+        sj.FitResult(**{**vars(result), "ids": np.array(ids[:7] + ["\u00e9toile"])}).write(tmp_path / "a.fits")
+    assert not (tmp_path / "a.fits").exists()
+    spaced = sj.FitResult(**{**vars(result), "ids": np.array(ids[:7] + ["star7  "])})
+    with caplog.at_level("WARNING", logger="slamjax"):
+        back = FitResult.read(spaced.write(tmp_path / "b.fits"))
+    assert "1 ids end in spaces (e.g. 'star7  ')" in caplog.text
+    assert back.ids[7] == "star7" and back.ids[0] == "star0"
+    caplog.clear()
+    spaced.write(tmp_path / "b.ecsv")  # other formats keep them: no warning
+    assert "end in spaces" not in caplog.text
+
+
 def test_read_rejects_foreign_table(tmp_path):
     Table({"a": [1, 2]}).write(tmp_path / "x.fits")
     with pytest.raises(ValueError, match="not a slamjax catalog"):
