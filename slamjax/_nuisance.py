@@ -39,21 +39,28 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
 
 
+def split_at_dead_runs(segments, usable) -> tuple[tuple[int, int], ...]:
+    """``segments`` (tiling the grid) further split in the middle of each run of at least
+    ``max(_DEAD_RUN_MIN, P // 100)`` unusable pixels with usable pixels on both sides."""
+    usable = np.asarray(usable, dtype=bool)
+    cut = {int(a) for a, _ in segments[1:]}
+    min_run = max(_DEAD_RUN_MIN, usable.size // 100)
+    for a, b in _runs(~usable):
+        if b - a >= min_run and usable[:a].any() and usable[b:].any():
+            cut.add((a + b) // 2)
+    edges = [0, *sorted(cut), usable.size]
+    return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+
+
 def segments_of(wave, usable=None) -> tuple[tuple[int, int], ...]:
     """(start, stop) pixel ranges of the grid split at gaps (Δ ln λ > 3 × median) and, given the
-    model's ``usable`` pixels [P], in the middle of each run of at least ``max(_DEAD_RUN_MIN, P // 100)``
-    unusable pixels with usable pixels on both sides."""
+    model's ``usable`` pixels [P], in the middle of long runs of unusable ones (:func:`split_at_dead_runs`)."""
     lnw = np.log(np.asarray(wave, dtype=np.float64))
     d = np.diff(lnw)
-    cut = set((np.flatnonzero(d > _GAP_FACTOR * np.median(d)) + 1).tolist())
-    if usable is not None:
-        usable = np.asarray(usable, dtype=bool)
-        min_run = max(_DEAD_RUN_MIN, lnw.size // 100)
-        for a, b in _runs(~usable):
-            if b - a >= min_run and usable[:a].any() and usable[b:].any():
-                cut.add((a + b) // 2)
-    edges = [0, *sorted(cut), lnw.size]
-    return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+    cut = (np.flatnonzero(d > _GAP_FACTOR * np.median(d)) + 1).tolist()
+    edges = [0, *cut, lnw.size]
+    segments = tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+    return segments if usable is None else split_at_dead_runs(segments, usable)
 
 
 def pixel_velocity(wave) -> float:

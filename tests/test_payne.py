@@ -245,6 +245,24 @@ def test_wrapper_jacobian_and_errors():
         ContinuumNormalized.from_mask(inner, np.arange(20) == 0, degree=2)
 
 
+def test_wrapper_leaves_out_unusable_pixels_and_splits_at_dead_runs():
+    """A gapless grid (like apStar's) whose middle 40 pixels the inner model cannot predict (inf
+    variance): those pixels give no continuum, and the default segments split inside them."""
+    wave = np.linspace(15000.0, 15400.0, 200)
+    s2 = np.zeros(200)
+    s2[80:120] = np.inf
+    inner = PayneEmulator.from_arrays(**_random_arrays(n_pix=200), wave=wave, pixel_variance=s2)
+    mask = np.arange(200) % 2 == 0
+    em = ContinuumNormalized.from_mask(inner, mask, degree=1)
+    assert em.segments == ((0, 100), (100, 200))
+    ref = ContinuumNormalized.from_mask(inner, mask & np.isfinite(s2), degree=1, segments=em.segments)
+    labels = np.array([5000.0, 3.0, -0.2, 0.1])
+    np.testing.assert_array_equal(np.asarray(em.fit), np.asarray(ref.fit))
+    np.testing.assert_allclose(em.predict(labels[None])[0], ref.predict(labels[None])[0], rtol=1e-12)
+    assert np.all(np.asarray(em.fit)[:, 80:120] == 0.0)
+    assert np.all(np.isinf(np.asarray(em.pixel_variance)[80:120]))
+
+
 # ---------------------------------------------------------------------- the shipped network
 def _shipped():
     raw = shared_file("apogee_kurucz_nn", "raw")

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._nuisance import split_at_dead_runs
 from ._base import AbstractEmulator, LabelSpace, register
 
 __all__ = ["ContinuumNormalized", "find_segments"]
@@ -116,10 +117,13 @@ class ContinuumNormalized(AbstractEmulator):
         Arguments:
             inner: an emulator of un-normalised flux [P].
             continuum_mask: boolean [P], the continuum pixels the polynomial is fitted to
-                (e.g. the Cannon continuum pixels of APOGEE).
+                (e.g. the Cannon continuum pixels of APOGEE); those where ``inner`` is unusable
+                (infinite ``pixel_variance``) are left out.
             degree: Chebyshev degree n per segment.
             segments: ``(start, stop)`` pixel ranges covering the grid; default: split at
-                wavelength gaps (:func:`find_segments`).
+                wavelength gaps (:func:`find_segments`) and in the middle of long runs of
+                ``inner``'s unusable pixels (infinite ``pixel_variance``; e.g. the chip gaps
+                of a model trained on apStar's gapless grid).
             weights: fixed non-negative fit weights [P] (least-squares weights, i.e. ivar-like);
                 default 1 (an unweighted fit).
             wave: wavelength grid [P] (Å); replaces ``inner.wave`` (e.g. for a network loaded
@@ -149,7 +153,11 @@ class ContinuumNormalized(AbstractEmulator):
         w = np.ones(n_pix) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (n_pix,) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(f"weights must be finite, non-negative, shape ({n_pix},)")
-        segments = find_segments(wave) if segments is None else tuple((int(a), int(b)) for a, b in segments)
+        usable = np.isfinite(np.asarray(inner.pixel_variance, dtype=np.float64))
+        if segments is None:
+            segments = split_at_dead_runs(find_segments(wave), usable)
+        else:
+            segments = tuple((int(a), int(b)) for a, b in segments)
         if not segments or segments[0][0] != 0 or segments[-1][1] != n_pix:
             raise ValueError(f"segments must tile pixels 0..{n_pix}, got {segments}")
         if any(b <= a for a, b in segments) or any(s[1] != t[0] for s, t in zip(segments[:-1], segments[1:])):
@@ -159,7 +167,7 @@ class ContinuumNormalized(AbstractEmulator):
         basis = np.zeros((n_pix, len(segments) * n_coef))
         fit = np.zeros((len(segments) * n_coef, n_pix))
         for k, (a, b) in enumerate(segments):
-            use = mask[a:b] & (w[a:b] > 0)
+            use = mask[a:b] & (w[a:b] > 0) & usable[a:b]  # no continuum from pixels the model cannot predict
             idx = a + np.flatnonzero(use)
             if idx.size < n_coef:
                 raise ValueError(
