@@ -62,8 +62,7 @@ def _nuisance_setup(em, rv, continuum, dtype):
         # the grid search's mask keeps the segment edges only: across the whole velocity range every
         # unusable model pixel would blank ~(range / pixel velocity) data pixels, and a template
         # interpolated through one is only a start
-        plain = Shifter.arrays(np.asarray(em.wave), segments)
-        sh = Shifter(*(jnp.asarray(plain[k]) for k in ("lnw", "seg_lo", "seg_hi")))
+        sh = Shifter.of(Shifter.arrays(np.asarray(em.wave), segments))
         shifted = jax.jit(jax.vmap(jax.vmap(sh.shift, in_axes=(None, 0)), in_axes=(0, None)))(
             jnp.asarray(rest), jnp.asarray(vgrid)
         )
@@ -110,7 +109,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
     f = jnp.where(good, flux, 0.0)
     space = em.space
     n_lab = space.mean.shape[0]
-    sh = Shifter(args["lnw"], args["seg_lo"], args["seg_hi"])
+    sh = Shifter(*(args[k] for k in Shifter.KEYS))
     basis = args["basis"]
     n_seg = len(segments)
     cont_on = degree >= 0
@@ -175,9 +174,20 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
         hi_parts.append((v_hi / _V_SCALE)[:, None].astype(dtype))
     lo = jnp.concatenate([*lo_parts, -inf], axis=1)
     hi = jnp.concatenate([*hi_parts, inf], axis=1)
-    pad = jnp.zeros((batch, n_par - n_lab), dtype)
-    pm_x = jnp.concatenate([pm, pad], axis=1)
-    pp_x = jnp.concatenate([pp, pad], axis=1)
+    pad = jnp.zeros((batch, int(rv_on)), dtype)
+    # Weighted pixels per segment [B, S]: a segment with fewer than degree + 1 has no determined
+    # continuum (a dead chip or arm); a unit prior holds its coefficients at a continuum of 1, where
+    # they change no residual, instead of leaving the normal matrix singular (NaN for the spectrum).
+    seg_pix = jnp.stack([jnp.sum(w[:, a:b] > 0, axis=1) for a, b in segments], axis=1).astype(jnp.int32)
+    if cont_on:
+        held = jnp.repeat(seg_pix < degree + 1, degree + 1, axis=1)  # [B, n_c]
+        unit = jnp.tile(jnp.eye(1, degree + 1, dtype=dtype)[0], n_seg)  # [1, 0, ...] per segment
+        pm_c = jnp.where(held, unit[None, :], 0.0).astype(dtype)
+        pp_c = held.astype(dtype)
+    else:
+        pm_c = pp_c = jnp.zeros((batch, 0), dtype)
+    pm_x = jnp.concatenate([pm, pad, pm_c], axis=1)
+    pp_x = jnp.concatenate([pp, pad, pp_c], axis=1)
 
     def predict(x):
         """Model on the data pixels [P] and its Jacobian [P, D] at parameters x."""
@@ -231,6 +241,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
         v0=v0,
         chi2=chi2,
         n_pixels=n_pix,
+        seg_pixels=seg_pix,
         n_steps=k,
         status=status,
         converged=conv,
@@ -254,6 +265,11 @@ def _nuisance_outputs(cat, nuis, n_lab, bad, scale):
     if degree >= 0:
         k = n_lab + int(rv_on)
         shape = (x.shape[0], len(segments), degree + 1)
-        out["continuum"] = np.where(bad[:, None], np.nan, x[:, k:]).reshape(shape)
+        # a segment without enough weighted pixels has no fitted continuum (held at 1 by a prior)
+        held = np.repeat(np.asarray(cat["seg_pixels"]) < degree + 1, degree + 1, axis=1)
+        cov[:, k:, :][held] = np.nan
+        np.moveaxis(cov[:, :, k:], 2, 1)[held] = np.nan
+        err = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+        out["continuum"] = np.where(bad[:, None] | held, np.nan, x[:, k:]).reshape(shape)
         out["continuum_err"] = err[:, k:].reshape(shape)
     return out

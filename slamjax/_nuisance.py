@@ -11,12 +11,15 @@ ln λ_p − atanh β is computed in float64 whatever the fit's dtype (in float32
 The grid is split into segments at gaps (Δ ln λ more than 3× its median, e.g. the APOGEE
 chip gaps on apVisit wavelengths) and in the middle of every long run (at least
 ``max(_DEAD_RUN_MIN, P // 100)`` pixels) of the model's unusable pixels (infinite model
-variance) with usable pixels on both sides: the chip gaps on a common grid without wavelength
-gaps, such as apStar's, where no training spectrum had data. A pixel whose interpolation
+variance) inside a segment, where each new piece keeps at least that many usable pixels: the
+chip gaps on a common grid without wavelength gaps, such as apStar's, where no training spectrum
+had data. A segment in which a spectrum has fewer weighted pixels than continuum coefficients
+keeps its continuum at 1 (a prior) and reports it as NaN. A pixel whose interpolation
 stencil would leave its own segment, or touch an unusable model pixel, anywhere in the
 velocity window of the fit gets zero weight (the window is ±``_WINDOW_PIXELS`` pixel
-velocities around the starting velocity, so about that many pixels per segment edge and on
-each side of an unusable stretch): the model has no value there to interpolate.
+velocities around the starting velocity, so about that many pixels per segment edge, and
+about 2·``_WINDOW_PIXELS`` + 4 data pixels around an isolated unusable model pixel, whatever
+the velocity): the model has no value there to interpolate.
 
 The multiplicative continuum is Σ_k c_sk T_k(x) per segment s, T_k Chebyshev polynomials,
 x mapped linearly from the segment's wavelength range onto [−1, 1].
@@ -41,15 +44,22 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def split_at_dead_runs(segments, usable) -> tuple[tuple[int, int], ...]:
     """``segments`` (tiling the grid) further split in the middle of each run of at least
-    ``max(_DEAD_RUN_MIN, P // 100)`` unusable pixels with usable pixels on both sides."""
+    ``min_run = max(_DEAD_RUN_MIN, P // 100)`` unusable pixels inside a segment (not at its ends). A cut is
+    kept only where both new pieces hold at least ``min_run`` usable pixels: no segment without data."""
     usable = np.asarray(usable, dtype=bool)
-    cut = {int(a) for a, _ in segments[1:]}
     min_run = max(_DEAD_RUN_MIN, usable.size // 100)
-    for a, b in _runs(~usable):
-        if b - a >= min_run and usable[:a].any() and usable[b:].any():
-            cut.add((a + b) // 2)
-    edges = [0, *sorted(cut), usable.size]
-    return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+    count = np.r_[0, np.cumsum(usable)]  # usable pixels before each index
+    edges = [0]
+    for a, b in segments:
+        last = a
+        for i, j in _runs(~usable[a:b]):
+            i, j = a + i, a + j
+            c = (i + j) // 2
+            if j - i >= min_run and i > a and j < b and min(count[c] - count[last], count[b] - count[c]) >= min_run:
+                edges.append(c)
+                last = c
+        edges.append(b)
+    return tuple((int(x), int(y)) for x, y in zip(edges[:-1], edges[1:]))
 
 
 def segments_of(wave, usable=None) -> tuple[tuple[int, int], ...]:
@@ -81,25 +91,32 @@ def chebyshev_basis(wave, segments, degree: int) -> np.ndarray:
 
 
 class Shifter:
-    """Doppler shifts on one grid. Holds float64 ln λ [P] and each pixel's segment bounds."""
+    """Doppler shifts on one grid. Holds float64 ln λ [P], each pixel's segment bounds and the
+    cumulative count of unusable model pixels [P + 1]."""
 
-    def __init__(self, lnw, seg_lo, seg_hi):
-        self.lnw, self.seg_lo, self.seg_hi = lnw, seg_lo, seg_hi
+    def __init__(self, lnw, seg_lo, seg_hi, dead_before):
+        self.lnw, self.seg_lo, self.seg_hi, self.dead_before = lnw, seg_lo, seg_hi, dead_before
 
     @classmethod
     def arrays(cls, wave, segments, usable=None) -> dict:
-        """numpy arrays (``lnw``, ``seg_lo``, ``seg_hi``) to pass into compiled code: each pixel's
-        stencil must stay in [seg_lo, seg_hi], its segment's run of ``usable`` model pixels
-        (an unusable pixel gets an empty range)."""
+        """numpy arrays (``lnw``, ``seg_lo``, ``seg_hi``, ``dead_before``) to pass into compiled code:
+        each pixel's stencil must stay in [seg_lo, seg_hi] (its segment) and hold no pixel that is not
+        ``usable`` (``dead_before[k]``: unusable pixels before k; all usable when ``usable`` is None)."""
         lnw = np.log(np.asarray(wave, dtype=np.float64))
-        usable = np.ones(lnw.size, bool) if usable is None else np.asarray(usable, dtype=bool)
-        seg_lo = np.arange(lnw.size, dtype=np.int32)
-        seg_hi = np.arange(lnw.size, dtype=np.int32) - 1
+        seg_lo = np.zeros(lnw.size, dtype=np.int32)
+        seg_hi = np.zeros(lnw.size, dtype=np.int32)
         for a, b in segments:
-            for i, j in _runs(usable[a:b]):
-                seg_lo[a + i : a + j] = a + i
-                seg_hi[a + i : a + j] = a + j - 1
-        return {"lnw": lnw, "seg_lo": seg_lo, "seg_hi": seg_hi}
+            seg_lo[a:b] = a
+            seg_hi[a:b] = b - 1
+        dead = np.zeros(lnw.size, bool) if usable is None else ~np.asarray(usable, dtype=bool)
+        dead_before = np.r_[0, np.cumsum(dead)].astype(np.int32)
+        return {"lnw": lnw, "seg_lo": seg_lo, "seg_hi": seg_hi, "dead_before": dead_before}
+
+    @classmethod
+    def of(cls, arrays) -> Shifter:
+        return cls(*(jnp.asarray(arrays[k]) for k in cls.KEYS))
+
+    KEYS = ("lnw", "seg_lo", "seg_hi", "dead_before")
 
     def index(self, v):
         """Fractional rest-frame pixel index [P] seen by each data pixel at velocity v (float64)."""
@@ -108,11 +125,15 @@ class Shifter:
         return jnp.interp(lnw - jnp.arctanh(v / C_KMS), lnw, jnp.arange(lnw.shape[0], dtype=jnp.float64))
 
     def valid(self, v_lo, v_hi):
-        """Pixels [P] whose cubic stencil stays inside their segment's run of usable model pixels
-        for all v in [v_lo, v_hi]."""
+        """Pixels [P] whose cubic stencil stays inside their segment and touches no unusable model
+        pixel for any v in [v_lo, v_hi]."""
         t1, t2 = self.index(v_lo), self.index(v_hi)
-        t_min, t_max = jnp.minimum(t1, t2), jnp.maximum(t1, t2)
-        return (jnp.floor(t_min) - 1 >= self.seg_lo) & (jnp.floor(t_max) + 2 <= self.seg_hi)
+        lo = (jnp.floor(jnp.minimum(t1, t2)) - 1).astype(jnp.int32)
+        hi = (jnp.floor(jnp.maximum(t1, t2)) + 2).astype(jnp.int32)
+        inside = (lo >= self.seg_lo) & (hi <= self.seg_hi)
+        p = self.lnw.shape[0]
+        n_dead = self.dead_before[jnp.clip(hi + 1, 0, p)] - self.dead_before[jnp.clip(lo, 0, p)]
+        return inside & (n_dead == 0)
 
     def shift(self, m, v):
         """``m`` [P, ...] (rest frame) interpolated onto the data pixels at velocity ``v``."""

@@ -21,7 +21,10 @@ def check_fits_ids(ids, path) -> None:
     with trailing spaces are named in a warning (FITS drops them: they come back without)."""
     if not str(path).lower().endswith(FITS_SUFFIXES):
         return
-    ids = [str(i) for i in np.asarray(ids).astype(str)]
+    try:
+        ids = [str(i) for i in np.asarray(ids).astype(str)]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"ids must be ASCII text for FITS ({err})") from None
     non_ascii = [i for i in ids if not i.isascii()]
     if non_ascii:
         raise ValueError(

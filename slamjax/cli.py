@@ -234,6 +234,7 @@ def cmd_fit(args) -> int:
     em = sj.load_emulator(_check_npz(args.model, "a slamjax model file written by 'slamjax train'"))
     ds = _load_spectra(args.data, args.flux_key)
     _check_records(args, ds)
+    check_fits_ids(ds.ids, out)  # before the fit, not after hours of it
     dtype = np.float32 if args.float32 else np.float64
     t0 = time.perf_counter()
     res = sj.fit_labels(
@@ -254,7 +255,6 @@ def cmd_fit(args) -> int:
     prep = _prep_columns(args.data, len(res))  # prep's quality flags travel with the fits
     for name, values in prep.items():
         tab[name] = values
-    check_fits_ids(tab["id"], out)
     tab.write(out, overwrite=args.overwrite)
 
     print(

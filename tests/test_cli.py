@@ -137,6 +137,22 @@ def test_train_info_fit(trained, small_data, tmp_path, capsys):
     assert "60" in out and "status" in out and "CONVERGED" in out
 
 
+def test_fit_rejects_non_ascii_ids_before_fitting(trained, small_data, tmp_path, capsys, monkeypatch):
+    _, model, _ = trained
+    ds = sj.load_npz(small_data)
+    ids = np.array([f"star{i}" for i in range(ds.n_spectra - 1)] + ["\u00e9toile"])
+    data = tmp_path / "named.npz"
+    sj.SpectrumSet(ds.wave, ds.flux, ds.ivar, labels=ds.labels, label_names=ds.label_names, ids=ids).save_npz(data)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the ids were checked")
+
+    monkeypatch.setattr(sj, "fit_labels", no_fit)
+    cat = tmp_path / "c.fits"
+    assert main(["fit", str(model), str(data), "--out", str(cat)]) == 1
+    assert "not ASCII" in _one_error_line(capsys) and not cat.exists()
+
+
 def test_train_select_and_labels(small_data, tmp_path, capsys):
     model = tmp_path / "m.npz"
     args = ["train", str(small_data), "--out", str(model), "--order", "1", "--labels", "teff,logg"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import slamjax as sj
-from slamjax._nuisance import C_KMS, chebyshev_basis, segments_of
+from slamjax._nuisance import C_KMS, Shifter, chebyshev_basis, pixel_velocity, segments_of
 from slamjax.emulators import LabelSpace
 from slamjax.emulators._cannon import _monomials
 
@@ -191,3 +191,59 @@ def test_unusable_run_on_a_gapless_grid_splits_segments_and_blocks_interpolation
     assert np.all((lpull.std(axis=0) > 0.8) & (lpull.std(axis=0) < 1.25))
     # fewer pixels than outside the run: the stencils that would reach into it are left out
     assert np.all(res.n_pixels <= 2400 - 120 - 2 * 8)
+
+
+def test_dead_run_splits_keep_data_on_both_sides():
+    wave = LineModel().wave  # a wavelength gap at pixel 1200; min_run = max(20, 2400 // 100) = 24
+    usable = np.ones(2400, bool)
+    usable[1170:1200] = False  # at the gap: no second cut (it made a segment without data)
+    assert segments_of(wave, usable) == ((0, 1200), (1200, 2400))
+    usable[300:400] = usable[410:510] = False  # two runs 10 usable pixels apart: one cut
+    assert segments_of(wave, usable) == ((0, 350), (350, 1200), (1200, 2400))
+    short = np.ones(2400, bool)
+    short[1500:1523] = False  # 23 < 24 pixels: no cut; 24: a cut
+    assert segments_of(wave, short) == ((0, 1200), (1200, 2400))
+    short[1523] = False
+    assert segments_of(wave, short) == ((0, 1200), (1200, 1512), (1512, 2400))
+
+
+def test_valid_pixels_are_those_whose_stencil_touches_no_unusable_pixel():
+    """Brute force over the cubic stencils of the velocity window: exactly the pixels that would
+    interpolate an unusable model value lose weight, whatever the velocity."""
+    wave = 10 ** (4.179 + 6e-6 * np.arange(3000))
+    usable = np.random.default_rng(0).uniform(size=3000) > 0.01
+    segs = ((0, 1400), (1400, 3000))
+    sh = Shifter.of(Shifter.arrays(wave, segs, usable))
+    seg_of = np.repeat(np.arange(2), [1400, 1600])
+    v_pix = pixel_velocity(wave)
+    for v0 in (0.0, -150.0, 400.0):
+        lo, hi = v0 - 8 * v_pix, v0 + 8 * v_pix
+        t1, t2 = np.asarray(sh.index(lo)), np.asarray(sh.index(hi))
+        a = np.floor(np.minimum(t1, t2)).astype(int) - 1
+        b = np.floor(np.maximum(t1, t2)).astype(int) + 2
+        inside = (a >= 0) & (b < 3000)
+        a, b = np.clip(a, 0, 2999), np.clip(b, 0, 2999)
+        same = (seg_of[a] == seg_of) & (seg_of[b] == seg_of)
+        clean = np.array([usable[a[i] : b[i] + 1].all() for i in range(3000)])
+        expect = inside & same & clean
+        got = np.asarray(sh.valid(lo, hi))
+        np.testing.assert_array_equal(got, expect)
+        assert 0.7 < got.mean() < 0.9  # ~20 pixels per unusable one, not a velocity-dependent stretch
+
+
+def test_spectrum_with_a_dead_segment_is_fitted_with_its_continuum_held(problem):
+    """A spectrum whose whole second segment is bad (a dead chip): its continuum there is undetermined,
+    reported NaN, and held at 1 by a prior; the labels and rv come from the other segment (the
+    singular normal matrix gave NaN labels, status NON_FINITE)."""
+    model, labels, v, snr, noise = problem
+    n = 8
+    flux = model.spectra(labels[:n], v[:n]) + noise[:n]
+    ivar = np.full(flux.shape, snr**2)
+    ivar[0, 1200:] = 0.0
+    res = sj.fit_labels(model.emulator(), flux, ivar, rv=True, continuum=1)
+    assert np.all(res.status == sj.Status.CONVERGED)
+    assert np.all(np.isnan(res.continuum[0, 1])) and np.all(np.isnan(res.continuum_err[0, 1]))
+    assert np.all(np.isfinite(res.continuum[0, 0])) and np.all(np.isfinite(res.continuum[1:]))
+    assert np.all(np.isnan(res.cov_full[0, 6:, :])) and np.all(np.isfinite(res.cov_full[0, :6, :6]))  # L, v, c_0
+    assert np.all(np.abs((res.labels[0] - labels[0]) / res.labels_err[0]) < 4)
+    assert abs(res.rv[0] - v[0]) < 4 * res.rv_err[0]

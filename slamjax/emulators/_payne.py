@@ -339,7 +339,10 @@ class PayneEmulator(AbstractEmulator):
             patience: stop after this many epochs without a lower validation loss; the
                 weights of the best epoch are kept.
             validation_fraction: fraction of spectra held out (at least three; a pixel with
-                fewer than three good validation spectra gets ``pixel_variance = inf``).
+                fewer than three good validation spectra gets ``pixel_variance = inf``, so with
+                a small validation set one bad entry can make a pixel unusable, and in fits
+                with ``rv`` every unusable pixel also takes the ~20 data pixels whose
+                interpolation would reach it).
             noise_floor: ε in the loss weights ``1/(1/ivar + ε²)`` (flux units).
             label_names: optional subset (and order) of ``ds.label_names``.
             dtype: training precision (float32 default: ~2x faster; weights are returned
