@@ -272,4 +272,5 @@ def _nuisance_outputs(cat, nuis, n_lab, bad, scale):
         err = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         out["continuum"] = np.where(bad[:, None] | held, np.nan, x[:, k:]).reshape(shape)
         out["continuum_err"] = err[:, k:].reshape(shape)
+        out["continuum_segments"] = tuple((int(a), int(b)) for a, b in segments)
     return out

@@ -122,7 +122,11 @@ class FitResult(eqx.Module):
         label_names: the L label names.
         rv, rv_err: fitted radial velocity and its 1σ error [N] (km/s; ``fit_labels(rv=...)``).
         continuum, continuum_err: continuum Chebyshev coefficients [N, segments, degree + 1]
-            (``fit_labels(continuum=...)``).
+            (``fit_labels(continuum=...)``); NaN for a segment where a spectrum had too few
+            weighted pixels.
+        continuum_segments: the (start, stop) pixel ranges of those segments on the model's
+            grid (x runs from −1 to 1 over each segment's wavelengths); the catalog keeps them
+            in the ``CONTSEG`` keyword.
         cov_full: covariance of all fitted parameters [N, D, D] (labels, rv, continuum
             coefficients, in that order) when nuisance parameters were fitted; ``cov`` is its
             label block (labels marginalised over the nuisance parameters).
@@ -143,6 +147,7 @@ class FitResult(eqx.Module):
     continuum: np.ndarray | None = None
     continuum_err: np.ndarray | None = None
     cov_full: np.ndarray | None = None
+    continuum_segments: tuple[tuple[int, int], ...] | None = eqx.field(static=True, default=None)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -214,6 +219,8 @@ class FitResult(eqx.Module):
                 raise ValueError("this result holds no model flux")
             tab["model_flux"] = self.model_flux
         tab.meta["LABELS"] = ",".join(self.label_names)
+        if self.continuum_segments is not None:
+            tab.meta["CONTSEG"] = ",".join(f"{a}-{b}" for a, b in self.continuum_segments)
         tab.meta["SLAMJAX"] = __version__
         for s in Status:
             tab.meta[f"STATUS{int(s)}"] = s.name
@@ -248,6 +255,11 @@ class FitResult(eqx.Module):
             model_flux=np.asarray(tab["model_flux"]) if "model_flux" in tab.colnames else None,
             ids=np.asarray(tab["id"]).astype(str),
             label_names=names,
+            continuum_segments=(
+                tuple(tuple(int(v) for v in seg.split("-")) for seg in tab.meta["CONTSEG"].split(","))
+                if "CONTSEG" in tab.meta
+                else None
+            ),
             **{
                 k: np.asarray(tab[k], dtype=np.float64)
                 for k in ("rv", "rv_err", "continuum", "continuum_err", "cov_full")

@@ -113,8 +113,15 @@ def cross_validate(
         return None if values[0] is None else np.concatenate(values)[inv]
 
     # every per-star field, also those of rv and continuum fits (fit_kwargs rv=..., continuum=...)
-    fields = {f.name: cat(f.name) for f in dataclasses.fields(FitResult) if f.name not in ("ids", "label_names")}
-    result = FitResult(**fields, ids=ds.ids, label_names=parts[0][1].label_names)
+    static = ("ids", "label_names", "continuum_segments")
+    fields = {f.name: cat(f.name) for f in dataclasses.fields(FitResult) if f.name not in static}
+    segments = {r.continuum_segments for _, r in parts}
+    if len(segments) > 1:  # fold models whose unusable pixels differ in long runs (see fit_labels)
+        raise ValueError(
+            f"the fold models split the fitted continuum into different segments {sorted(segments, key=str)}: "
+            "their coefficients cannot share one catalog; fit without continuum="
+        )
+    result = FitResult(**fields, ids=ds.ids, label_names=parts[0][1].label_names, continuum_segments=segments.pop())
     true = np.stack([ds.label(n) for n in result.label_names], axis=1)
     info = {"emulator": emulator, "k": k, "systematics_k": systematics_k}
     return CVResult(result, true, fold, result.label_names, t_train, t_fit, info)

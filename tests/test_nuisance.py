@@ -231,7 +231,7 @@ def test_valid_pixels_are_those_whose_stencil_touches_no_unusable_pixel():
         assert 0.7 < got.mean() < 0.9  # ~20 pixels per unusable one, not a velocity-dependent stretch
 
 
-def test_spectrum_with_a_dead_segment_is_fitted_with_its_continuum_held(problem):
+def test_spectrum_with_a_dead_segment_is_fitted_with_its_continuum_held(problem, tmp_path):
     """A spectrum whose whole second segment is bad (a dead chip): its continuum there is undetermined,
     reported NaN, and held at 1 by a prior; the labels and rv come from the other segment (the
     singular normal matrix gave NaN labels, status NON_FINITE)."""
@@ -247,3 +247,7 @@ def test_spectrum_with_a_dead_segment_is_fitted_with_its_continuum_held(problem)
     assert np.all(np.isnan(res.cov_full[0, 6:, :])) and np.all(np.isfinite(res.cov_full[0, :6, :6]))  # L, v, c_0
     assert np.all(np.abs((res.labels[0] - labels[0]) / res.labels_err[0]) < 4)
     assert abs(res.rv[0] - v[0]) < 4 * res.rv_err[0]
+    assert res.continuum_segments == ((0, 1200), (1200, 2400))
+    back = sj.FitResult.read(res.write(tmp_path / "cat.fits"))
+    assert back.continuum_segments == res.continuum_segments
+    np.testing.assert_array_equal(back.continuum, res.continuum)

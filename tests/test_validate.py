@@ -57,6 +57,7 @@ def test_cross_validate_keeps_the_nuisance_outputs():
     cv = sj.validate.cross_validate(ds, emulator="cannon", k=3, seed=1, continuum=0)
     assert cv.result.continuum.shape == cv.result.continuum_err.shape == (60, 1, 1)
     assert cv.result.cov_full.shape == (60, 4, 4) and cv.result.rv is None
+    assert cv.result.continuum_segments == ((0, ds.n_pixels),)
     sel = cv.fold == 0
     res = sj.fit_labels(sj.CannonEmulator.train(ds[~sel]), ds[sel], continuum=0)
     np.testing.assert_allclose(cv.result.continuum[sel], res.continuum, rtol=1e-9)
