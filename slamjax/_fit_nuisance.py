@@ -136,6 +136,17 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
     else:
         v0 = jnp.zeros(batch, dtype)
         v_lo = v_hi = v0
+    # Weighted pixels per segment [B, S]. With a continuum, a segment with fewer than degree + 1 has
+    # no determined continuum (a dead chip or arm): its pixels get no weight (a polynomial through
+    # them would only fit them exactly), and a unit prior below holds its coefficients at a continuum
+    # of 1, where they change no residual, instead of leaving the normal matrix singular (NaN labels).
+    seg_pix = jnp.stack([jnp.sum(w[:, a:b] > 0, axis=1) for a, b in segments], axis=1).astype(jnp.int32)
+    n_held = jnp.zeros(batch, jnp.int32)
+    if cont_on:
+        dead_seg = seg_pix < degree + 1
+        w = jnp.where(dead_seg[:, np.repeat(np.arange(n_seg), [b - a for a, b in segments])], 0.0, w)
+        seg_pix = jnp.where(dead_seg, 0, seg_pix)
+        n_held = jnp.sum(dead_seg, axis=1) * (degree + 1)
     n_pix = jnp.sum(w > 0, axis=1)
 
     # Starting labels (and continuum scales).
@@ -175,10 +186,6 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
     lo = jnp.concatenate([*lo_parts, -inf], axis=1)
     hi = jnp.concatenate([*hi_parts, inf], axis=1)
     pad = jnp.zeros((batch, int(rv_on)), dtype)
-    # Weighted pixels per segment [B, S]: a segment with fewer than degree + 1 has no determined
-    # continuum (a dead chip or arm); a unit prior holds its coefficients at a continuum of 1, where
-    # they change no residual, instead of leaving the normal matrix singular (NaN for the spectrum).
-    seg_pix = jnp.stack([jnp.sum(w[:, a:b] > 0, axis=1) for a, b in segments], axis=1).astype(jnp.int32)
     if cont_on:
         held = jnp.repeat(seg_pix < degree + 1, degree + 1, axis=1)  # [B, n_c]
         unit = jnp.tile(jnp.eye(1, degree + 1, dtype=dtype)[0], n_seg)  # [1, 0, ...] per segment
@@ -221,7 +228,7 @@ def _fit_chunk_nuisance(em, args, *, nuis, n_starts, return_model=True):
 
         return normal, lo1, hi1
 
-    too_few = n_pix < n_par + 1
+    too_few = n_pix < n_par - n_held + 1  # held continuum coefficients are not fitted
     budget = step_budget(too_few, args["max_steps"])
     x, _, h, k, conv = multistart(problem, (f, w, pm_x, pp_x, lo, hi), starts, budget, tol=tol)
     model = jax.vmap(lambda xx: predict(xx)[0])(x)

@@ -160,8 +160,11 @@ class FitResult(eqx.Module):
 
     @property
     def rchi2(self) -> np.ndarray:
-        """Reduced χ² [N] = χ² / (n_pixels - D) (D fitted parameters; NaN where n_pixels <= D)."""
+        """Reduced χ² [N] = χ² / (n_pixels - D) (D fitted parameters, not counting continuum
+        coefficients held in a segment without data; NaN where n_pixels <= D)."""
         n_par = len(self.label_names) if self.cov_full is None else self.cov_full.shape[1]
+        if self.continuum is not None:  # continuum coefficients held (NaN) in a segment without data
+            n_par = n_par - np.isnan(self.continuum).reshape(len(self), -1).sum(axis=1)
         dof = self.n_pixels.astype(np.float64) - n_par
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(dof > 0, self.chi2 / dof, np.nan)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._fit import _is_pair, fit_labels
+from ._nuisance import segments_of
 from ._result import FitResult
 from ._spectra import SpectrumSet
 from ._systematics import estimate as estimate_systematics
@@ -100,6 +101,14 @@ def cross_validate(
     parts = []
     n_max = int(np.bincount(fold).max())
     t0 = time.perf_counter()
+    if fit_kwargs.get("continuum") is not None:
+        # the continuum segments depend on each model's unusable pixels (see fit_labels)
+        segments = {segments_of(np.asarray(em.wave), np.isfinite(np.asarray(em.pixel_variance))) for em in models}
+        if len(segments) > 1:
+            raise ValueError(
+                f"the fold models split the fitted continuum into different segments {sorted(segments, key=str)}: "
+                "their coefficients cannot share one catalog; fit without continuum="
+            )
     for i, em in enumerate(models):
         idx = np.flatnonzero(fold == i)
         parts.append((idx, _fit_padded(em, ds, idx, n_max, fit_kwargs)))
@@ -116,11 +125,6 @@ def cross_validate(
     static = ("ids", "label_names", "continuum_segments")
     fields = {f.name: cat(f.name) for f in dataclasses.fields(FitResult) if f.name not in static}
     segments = {r.continuum_segments for _, r in parts}
-    if len(segments) > 1:  # fold models whose unusable pixels differ in long runs (see fit_labels)
-        raise ValueError(
-            f"the fold models split the fitted continuum into different segments {sorted(segments, key=str)}: "
-            "their coefficients cannot share one catalog; fit without continuum="
-        )
     result = FitResult(**fields, ids=ds.ids, label_names=parts[0][1].label_names, continuum_segments=segments.pop())
     true = np.stack([ds.label(n) for n in result.label_names], axis=1)
     info = {"emulator": emulator, "k": k, "systematics_k": systematics_k}

@@ -248,6 +248,14 @@ def test_spectrum_with_a_dead_segment_is_fitted_with_its_continuum_held(problem,
     assert np.all(np.abs((res.labels[0] - labels[0]) / res.labels_err[0]) < 4)
     assert abs(res.rv[0] - v[0]) < 4 * res.rv_err[0]
     assert res.continuum_segments == ((0, 1200), (1200, 2400))
+    # one good pixel in that segment: still held (degree 1 has 2 coefficients), and given no weight (a
+    # continuum through it would fit it exactly): it counts neither as a used pixel nor in rchi2
+    ivar[0, 1500] = snr**2
+    two = sj.fit_labels(model.emulator(), flux, ivar, rv=True, continuum=1)
+    assert two.status[0] == sj.Status.CONVERGED and np.all(np.isnan(two.continuum[0, 1]))
+    assert two.n_pixels[0] == res.n_pixels[0]
+    np.testing.assert_allclose(two.labels[0], res.labels[0], rtol=1e-6)
+    assert two.rchi2[0] == pytest.approx(two.chi2[0] / (two.n_pixels[0] - 6))  # 3 labels, rv, 2 coefficients
     back = sj.FitResult.read(res.write(tmp_path / "cat.fits"))
     assert back.continuum_segments == res.continuum_segments
     np.testing.assert_array_equal(back.continuum, res.continuum)
