@@ -36,7 +36,12 @@ _GAP_FACTOR = 3.0
 _DEAD_RUN_MIN = 20  # shortest run of unusable model pixels that splits a segment (and P // 100)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def dead_run_min(n_pixels: int) -> int:
+    """Shortest run of dead pixels treated as a detector gap on a grid of ``n_pixels``."""
+    return max(_DEAD_RUN_MIN, n_pixels // 100)
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) of the maximal runs of True in a boolean vector."""
     d = np.diff(np.r_[0, mask.astype(np.int8), 0])
     return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
@@ -47,12 +52,12 @@ def split_at_dead_runs(segments, usable) -> tuple[tuple[int, int], ...]:
     ``min_run = max(_DEAD_RUN_MIN, P // 100)`` unusable pixels inside a segment (not at its ends). A cut is
     kept only where both new pieces hold at least ``min_run`` usable pixels: no segment without data."""
     usable = np.asarray(usable, dtype=bool)
-    min_run = max(_DEAD_RUN_MIN, usable.size // 100)
+    min_run = dead_run_min(usable.size)
     count = np.r_[0, np.cumsum(usable)]  # usable pixels before each index
     edges = [0]
     for a, b in segments:
         last = a
-        for i, j in _runs(~usable[a:b]):
+        for i, j in runs(~usable[a:b]):
             i, j = a + i, a + j
             c = (i + j) // 2
             if j - i >= min_run and i > a and j < b and min(count[c] - count[last], count[b] - count[c]) >= min_run:

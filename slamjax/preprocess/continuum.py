@@ -273,12 +273,12 @@ def _auto_segments(wave):
 
 def _warn_inner_dead_runs(wave, ivar, segments):
     """Warn about long runs of pixels bad in every spectrum inside a segment (an unrecorded detector gap?)."""
+    from .._nuisance import dead_run_min, runs
+
     dead = np.all(ivar <= 0, axis=0)
-    min_run = max(20, wave.size // 100)
+    min_run = dead_run_min(wave.size)
     for a, b in segments:
-        d = np.diff(np.r_[0, dead[a:b].astype(np.int8), 0])
-        starts, stops = np.flatnonzero(d == 1) + a, np.flatnonzero(d == -1) + a
-        for i, j in zip(starts, stops):
+        for i, j in ((a + i, a + j) for i, j in runs(dead[a:b])):
             if i > a and j < b and j - i >= min_run:
                 logger.warning(
                     "normalize_chebyshev: pixels %d-%d (%.1f-%.1f Å) are bad in every spectrum (a detector gap?) "
