@@ -172,6 +172,20 @@ def _bad_buckets(good, pixel_chunk):
     return out
 
 
+def _solve_each(mats, rhss):
+    """``[solve(a, b) for a, b in zip(mats, rhss)]`` as ONE batched solve: each system padded with the
+    identity to the largest size. XLA's CPU runtime runs independent solves of one program at the same
+    time, and two batched LAPACK calls waiting on each other's share of a 2-thread pool deadlocked
+    (jaxlib 0.10.2, seen once in a CI run): one call never waits on another."""
+    m = max(a.shape[0] for a in mats)
+    a_pad = jnp.stack([jnp.eye(m, dtype=a.dtype).at[: a.shape[0], : a.shape[0]].set(a) for a in mats])
+    vector = rhss[0].ndim == 1
+    rhss = [b[:, None] if vector else b for b in rhss]
+    b_pad = jnp.stack([jnp.zeros((m,) + b.shape[1:], b.dtype).at[: b.shape[0]].set(b) for b in rhss])
+    x = jnp.linalg.solve(a_pad, b_pad)
+    return [x[i, : a.shape[0], 0] if vector else x[i, : a.shape[0]] for i, a in enumerate(mats)]
+
+
 @jax.jit
 def _cv_block(u, sig2, c, y, good, lams, folds=None):
     """For one γ and a block of pixels: best λ per pixel by exact LOO (``folds=None``) or k-fold MSE.
@@ -188,10 +202,9 @@ def _cv_block(u, sig2, c, y, good, lams, folds=None):
             e = resid / (1.0 - h)[:, None]
         else:
             e = jnp.zeros_like(resid)
-            for idx in folds:
-                uf = u[idx]
-                h_ff = (uf * shrink[None, :]) @ uf.T
-                e = e.at[idx].set(jnp.linalg.solve(jnp.eye(idx.shape[0], dtype=h_ff.dtype) - h_ff, resid[idx]))
+            mats = [jnp.eye(idx.shape[0], dtype=u.dtype) - (u[idx] * shrink[None, :]) @ u[idx].T for idx in folds]
+            for idx, e_f in zip(folds, _solve_each(mats, [resid[idx] for idx in folds])):
+                e = e.at[idx].set(e_f)
         e = jnp.where(good, e, 0.0)
         return jnp.sum(e * e, axis=0) / n, jnp.sum(jnp.abs(e), axis=0) / n, e
 
@@ -216,11 +229,8 @@ def _cv_block(u, sig2, c, y, good, lams, folds=None):
 def _fold_inverses(u, sig2, lam, folds):
     """(I − H_FF)⁻¹ of every fold F at one λ (k-fold CV of pixels with bad entries)."""
     shrink = sig2 / (sig2 + lam)
-    out = []
-    for idx in folds:
-        uf = u[idx]
-        out.append(jnp.linalg.inv(jnp.eye(idx.shape[0], dtype=u.dtype) - (uf * shrink[None, :]) @ uf.T))
-    return out
+    mats = [jnp.eye(idx.shape[0], dtype=u.dtype) - (u[idx] * shrink[None, :]) @ u[idx].T for idx in folds]
+    return _solve_each(mats, [jnp.eye(idx.shape[0], dtype=u.dtype) for idx in folds])
 
 
 @jax.jit
@@ -245,16 +255,21 @@ def _bad_block(u, sig2, c, y, good, bidx, bmask, lam, folds=None, fold_inv=None)
         hnb = (u @ (shrink[:, None] * ub.T)) * m1[None, :]  # H[:, b], padded columns 0
         a = jnp.where(pair, eye_b - hnb[b1], eye_b)  # I − H_bb (identity at padding); positive definite
         chol = jnp.linalg.cholesky(a)
-        yb = jax.scipy.linalg.cho_solve((chol, True), jnp.where(m1, fit0[b1], 0.0))
+        rhs = jnp.where(m1, fit0[b1], 0.0)[:, None]
+        if folds is None:  # one triangular solve for both right-hand sides (see _solve_each)
+            sol = jax.scipy.linalg.cho_solve((chol, True), jnp.concatenate([rhs, hnb.T], axis=1))
+            yb, z = sol[:, 0], sol[:, 1:]  # z: [B, n]
+        else:
+            yb = jax.scipy.linalg.cho_solve((chol, True), rhs)[:, 0]
         fit = fit0 + hnb @ yb
         uty_full = uty1 + ub.T @ yb
         r = jnp.where(good1, y1 - fit, 0.0)
         if folds is None:
-            z = jax.scipy.linalg.cho_solve((chol, True), hnb.T)  # [B, n]
             hg = h + jnp.sum(hnb.T * z, axis=0)
             e = jnp.where(good1, r / jnp.where(good1, 1.0 - hg, 1.0), 0.0)
         else:
             e = jnp.zeros(n, u.dtype)
+            parts, schurs, rhss = [], [], []
             for idx, p_inv in zip(folds, fold_inv):
                 in_f = jnp.zeros(n, bool).at[idx].set(True)
                 mf = m1 & ~in_f[b1]  # b' = b \ F
@@ -263,8 +278,10 @@ def _bad_block(u, sig2, c, y, good, bidx, bmask, lam, folds=None, fold_inv=None)
                 t_f, t_b = uf @ s_uty, jnp.where(mf, ub @ s_uty, 0.0)
                 h_fb = hnb[idx] * mf[None, :]
                 pi_t, pi_h = p_inv @ t_f, p_inv @ h_fb
-                schur = jnp.where(mf[:, None] & mf[None, :], eye_b - hnb[b1] - h_fb.T @ pi_h, eye_b)
-                yb_f = jnp.linalg.solve(schur, t_b + h_fb.T @ pi_t)
+                schurs.append(jnp.where(mf[:, None] & mf[None, :], eye_b - hnb[b1] - h_fb.T @ pi_h, eye_b))
+                rhss.append(t_b + h_fb.T @ pi_t)
+                parts.append((idx, pi_t, pi_h))
+            for (idx, pi_t, pi_h), yb_f in zip(parts, _solve_each(schurs, rhss)):  # one solve for all folds
                 y_f = pi_t + pi_h @ yb_f  # the fit without F at F
                 e = e.at[idx].set(y1[idx] - y_f)
             e = jnp.where(good1, e, 0.0)
